@@ -1,0 +1,152 @@
+"""Callbacks that log what every reconstruction run shows: image grids, embeddings, best val metrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torchvision.utils import make_grid
+
+from latentbench.tracking import log_image, log_table
+
+MIN_DISPLAY_SIZE = 32
+
+
+def to_images(batch: torch.Tensor, image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """``(B, ...)`` pixels in [0, 1] -> ``(B, C, H, W)`` clipped to [0, 1]."""
+    return batch.detach().float().cpu().reshape(-1, *image_shape).clamp(0.0, 1.0)
+
+
+def grid_image(rows: list[torch.Tensor]) -> np.ndarray:
+    """Stack equal-length ``(N, C, H, W)`` rows into one ``(H', W', 3)`` uint8 picture."""
+    stacked = torch.cat(rows)
+    if stacked.shape[-1] < MIN_DISPLAY_SIZE:  # blow tiny images (8x8 digits) up so they can be seen
+        factor = -(-MIN_DISPLAY_SIZE // stacked.shape[-1])
+        stacked = torch.nn.functional.interpolate(stacked, scale_factor=factor, mode="nearest")
+    grid = make_grid(stacked, nrow=len(rows[0]), padding=1, pad_value=1.0)
+    if grid.shape[0] == 1:
+        grid = grid.expand(3, -1, -1)
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+class ReconstructionGrid(pl.Callback):
+    """Every validation epoch: a grid of model inputs, reconstructions (and clean targets when the
+    input is corrupted) for the first ``num_images`` validation images; also once at test."""
+
+    def __init__(self, num_images: int = 8):
+        if num_images <= 0:
+            raise ValueError(f"num_images: must be positive, got {num_images}")
+        self.num_images = num_images
+
+    def _log(self, trainer: pl.Trainer, batch: dict, outputs: dict, key: str) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not outputs:
+            return
+        shape = trainer.datamodule.image_shape
+        n = min(self.num_images, len(batch["image"]))
+        rows = [to_images(batch.get("input", batch["image"])[:n], shape), to_images(outputs["reconstruction"][:n], shape)]
+        caption = "top: input, middle: reconstruction" if "input" in batch else "top: input, bottom: reconstruction"
+        if "input" in batch:
+            rows.append(to_images(batch["image"][:n], shape))
+            caption += ", bottom: clean target"
+        log_image(trainer.loggers, trainer.default_root_dir, key, grid_image(rows), trainer.global_step, caption)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            self._log(trainer, batch, outputs, "val/reconstructions")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            self._log(trainer, batch, outputs, "test/reconstructions")
+
+
+def project_2d(codes: np.ndarray) -> np.ndarray:
+    """``(N, D)`` codes -> ``(N, 2)``: the codes themselves when D <= 2, else their first two PCs."""
+    if codes.shape[1] == 2:
+        return codes
+    if codes.shape[1] == 1:
+        return np.concatenate([codes, np.zeros_like(codes)], axis=1)
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2).fit_transform(codes)
+
+
+def scatter_image(points: np.ndarray, labels: np.ndarray, title: str) -> np.ndarray:
+    """A matplotlib scatter of ``(N, 2)`` points coloured by label, as ``(H, W, 3)`` uint8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
+    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=4)
+    axes.set_title(title)
+    if len(np.unique(labels)) <= 20:
+        figure.colorbar(scatter, ax=axes, ticks=np.unique(labels))
+    figure.tight_layout()
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return image
+
+
+class EmbeddingPlot(pl.Callback):
+    """At test: a 2-D scatter of up to ``max_points`` test codes coloured by label, logged as an
+    image (``test/embedding``) and as a table of the codes, the 2-D projection and the labels."""
+
+    def __init__(self, max_points: int = 2000):
+        if max_points <= 0:
+            raise ValueError(f"max_points: must be positive, got {max_points}")
+        self.max_points = max_points
+        self.codes: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self.codes, self.labels = [], []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if outputs and sum(len(c) for c in self.codes) < self.max_points:
+            self.codes.append(outputs["codes"].float().cpu())
+            self.labels.append(batch["label"].cpu())
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if not self.codes or not trainer.is_global_zero:
+            return
+        codes = torch.cat(self.codes)[: self.max_points].numpy()
+        labels = torch.cat(self.labels)[: self.max_points].numpy()
+        points = project_2d(codes)
+        how = "codes" if codes.shape[1] <= 2 else "codes, PC1 vs PC2"
+        title = f"{type(pl_module).__name__} {how} (n={len(codes)})"
+        log_image(trainer.loggers, trainer.default_root_dir, "test/embedding", scatter_image(points, labels, title), trainer.global_step)
+        columns = ["label", "x", "y", *(f"z{i}" for i in range(codes.shape[1]))]
+        rows = [[int(l), float(p[0]), float(p[1]), *map(float, c)] for l, p, c in zip(labels, points, codes)]
+        log_table(trainer.loggers, trainer.default_root_dir, "test/embedding_table", columns, rows)
+
+
+class BestValidationMetrics(pl.Callback):
+    """Keeps every ``val/*`` metric of the validation epoch where ``monitor`` was best."""
+
+    def __init__(self, monitor: str = "val/loss", mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode: must be 'min' or 'max', got {mode!r}")
+        self.monitor, self.mode = monitor, mode
+        self.best: dict[str, float] = {}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        current = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if self.monitor not in current or not math.isfinite(current[self.monitor]):
+            return
+        previous = self.best.get(self.monitor)
+        better = previous is None or (current[self.monitor] < previous if self.mode == "min" else current[self.monitor] > previous)
+        if better:
+            self.best = current
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = dict(state_dict.get("best", {}))

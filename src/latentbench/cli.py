@@ -1,0 +1,112 @@
+"""The ``latentbench`` command: ``latentbench <subcommand> [args]``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from latentbench.errors import ConfigError, first_line
+
+log = logging.getLogger("latentbench")
+
+SUBCOMMANDS = {
+    "train": "train and test one run (or a Hydra multirun with -m); arguments are Hydra overrides",
+}
+
+USAGE = "usage: latentbench <subcommand> [args]\n\nsubcommands:\n" + "\n".join(
+    f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items()
+) + "\n\n'latentbench <subcommand> --help' shows the options of one subcommand."
+
+
+def conf_dir() -> Path:
+    """``conf/`` shipped inside the package (wheel install) or beside ``src/`` (editable install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise ConfigError(f"conf/train.yaml not found next to {here}")
+
+
+HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--multirun", "-m",
+               "--shell-completion", "-sc", "--resolve", "--package", "-p", "--run", "-r", "--version")
+
+
+def preflight(overrides: list[str]) -> None:
+    """Compose the config once before Hydra runs, so that an unknown choice or key is one line."""
+    if any(arg.split("=")[0] in HYDRA_FLAGS for arg in overrides):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            compose(config_name="train", overrides=overrides)
+    except MissingConfigException as error:
+        raise ConfigError(unknown_choice_message(error, overrides)) from None
+    except (HydraException, ValueError) as error:
+        raise ConfigError(first_line(error).replace("Could not override", "cannot override")) from None
+
+
+def unknown_choice_message(error, overrides: list[str]) -> str:
+    """``model=foo: unknown choice (available: ae, pca)`` from Hydra's multi-line message."""
+    text = str(error)
+    for override in overrides:
+        group, _, choice = override.lstrip("+~").partition("=")
+        if f"'{group}/{choice}'" in text:
+            available = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+            return f"{group}={choice}: unknown choice (available: {', '.join(available)})"
+    return first_line(error)
+
+
+def run_train(args: list[str]) -> int:
+    import hydra
+
+    from latentbench.train import objective, train
+
+    preflight(args)
+    failures: list[int] = []
+
+    @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
+    def train_task(cfg):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        try:
+            return objective(cfg, train(cfg))
+        except ConfigError as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            if not multirun:
+                sys.exit(2)
+            failures.append(1)
+            return float("nan")
+
+    sys.argv = ["latentbench train", *args]
+    train_task()
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            return run_train(rest)
+    except ConfigError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"error: unknown subcommand {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

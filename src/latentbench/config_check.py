@@ -1,0 +1,127 @@
+"""Validate a composed config before anything is instantiated or loaded.
+
+Every ``_target_`` node is checked against the signature of the class or function it names:
+unknown keys, missing required values (``???``) and values of the wrong type each give one
+:class:`ConfigError` line naming the full key. Range checks (positive sizes, latent smaller than
+the input, existing paths) live in the constructors themselves and are reported by
+:func:`latentbench.instantiate.build` with the same key prefix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from typing import Any, Literal, Union
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from latentbench.errors import ConfigError
+
+_SKIP_TYPE_CHECK = object()
+
+
+def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "trainer", "logger", "callbacks")) -> None:
+    """Raise ConfigError for the first missing value, unknown key or wrongly typed value in ``cfg``."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]}: missing required value (set it on the command line, e.g. {missing[0]}=...)")
+    for name in nodes:
+        if name in cfg and cfg[name] is not None:
+            _check_node(cfg[name], name)
+
+
+def _check_node(node: Any, key: str) -> None:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            _check_target(node, key)
+        for child, value in node.items_ex(resolve=False):
+            if not str(child).startswith("_"):
+                _check_node(value, f"{key}.{child}")
+    elif isinstance(node, ListConfig):
+        for index, value in enumerate(node):
+            _check_node(value, f"{key}[{index}]")
+
+
+def _check_target(node: DictConfig, key: str) -> None:
+    target = node["_target_"]
+    try:
+        obj = get_object(target)
+    except Exception as error:  # ImportError, AttributeError: any failure means the name is wrong
+        raise ConfigError(f"{key}._target_: cannot import '{target}' ({type(error).__name__})") from None
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return
+    params = signature.parameters
+    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    try:
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    except Exception:
+        hints = {}
+    for name in node.keys():
+        name = str(name)
+        if name.startswith("_"):
+            continue
+        if name not in params:
+            if accepts_kwargs:
+                continue
+            allowed = ", ".join(p for p in params if p not in ("self", "args", "kwargs"))
+            raise ConfigError(f"{key}.{name}: unknown key for {target} (allowed: {allowed})")
+        if name in hints and not OmegaConf.is_interpolation(node, name):
+            value = node[name]
+            if not _matches(value, hints[name]):
+                raise ConfigError(
+                    f"{key}.{name}: expected {_describe(hints[name])}, got {value!r} ({type(value).__name__})"
+                )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """True when a config value fits a type hint; hints this checker does not understand pass."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return value in args
+    if isinstance(value, DictConfig) and "_target_" in value:
+        return True  # an object the config builds; its own signature is checked separately
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (ListConfig, list, tuple)):
+            return False
+        if not args or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+            inner = args[0] if args else Any
+            return all(_matches(item, inner) for item in value)
+        if origin is tuple:
+            return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+        return all(_matches(item, args[0]) for item in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, (DictConfig, dict))
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    return getattr(hint, "__name__", str(hint))

@@ -1,0 +1,1 @@
+"""LightningDataModules. Every source is read into Hugging Face ``datasets`` first."""

@@ -1,0 +1,160 @@
+"""Shared behaviour of the image data modules: splits, limits, batching.
+
+A subclass only says where its images come from (:meth:`ImageDataModule.load_splits`, returning
+HF ``datasets`` with an ``image`` column of uint8 ``(C, H, W)`` arrays and a ``label`` column) and
+what shape they have. This base carves the validation split out of train with a fixed seed,
+applies ``limit``, holds each split as one tensor and serves batches as dicts::
+
+    {"image": (B, C, H, W) float in [0, 1]  (or (B, C*H*W) when flatten=true),
+     "label": (B,) int64}
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from datasets import Array3D, Dataset, DatasetDict, Features, Value
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from latentbench.errors import ConfigError
+
+
+def image_features(shape: tuple[int, int, int]) -> Features:
+    """HF features of the common schema: ``image`` uint8 (C, H, W), ``label`` int64."""
+    return Features({"image": Array3D(shape=shape, dtype="uint8"), "label": Value("int64")})
+
+
+def arrays_to_dataset(images: np.ndarray, labels: np.ndarray) -> Dataset:
+    """Wrap uint8 images ``(N, C, H, W)`` and integer labels ``(N,)`` as an HF Dataset."""
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+    features = image_features(tuple(int(s) for s in images.shape[1:]))
+    return Dataset.from_dict({"image": images, "label": labels.astype(np.int64)}, features=features)
+
+
+class TensorSplit(torch.utils.data.Dataset):
+    """One split held as tensors; indexed by a list of indices, it returns a whole batch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pixel_scale: float, flatten: bool):
+        self.images, self.labels = images, labels
+        self.pixel_scale, self.flatten = pixel_scale, flatten
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        image = self.images[index].float().div_(self.pixel_scale)
+        if self.flatten:
+            image = image.flatten(1)
+        return {"image": image, "label": self.labels[index]}
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Base of the in-memory image data modules (digits, MNIST, faces).
+
+    Args:
+        batch_size (`int`): images per batch.
+        num_workers (`int`): DataLoader worker processes; 0 loads in the main process.
+        limit (`int`, *optional*): keep only the first N examples of every split, for fast runs.
+        val_size (`int` or `float`): validation examples carved out of train (a count, or a fraction).
+        split_seed (`int`): seed of that carve-out, fixed so runs are comparable.
+        flatten (`bool`): serve images as vectors ``(B, C*H*W)`` instead of ``(B, C, H, W)``.
+    """
+
+    pixel_scale: float = 255.0  # uint8 value that maps to 1.0
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        limit: int | None = None,
+        val_size: int | float = 0.1,
+        split_seed: int = 0,
+        flatten: bool = False,
+    ):
+        super().__init__()
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size: must be a positive integer, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers: must be >= 0, got {num_workers}")
+        if limit is not None and limit <= 0:
+            raise ConfigError(f"limit: must be a positive integer or null, got {limit}")
+        if isinstance(val_size, float) and not 0.0 < val_size < 1.0:
+            raise ConfigError(f"val_size: a fraction must lie in (0, 1), got {val_size}")
+        if isinstance(val_size, int) and val_size <= 0:
+            raise ConfigError(f"val_size: a count must be positive, got {val_size}")
+        self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
+        self.val_size, self.split_seed, self.flatten = val_size, split_seed, flatten
+        self.splits: dict[str, TensorSplit] = {}
+
+    @property
+    @abstractmethod
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape ``(C, H, W)`` of one image, known without loading any data."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one model input: ``(C, H, W)``, or ``(C*H*W,)`` when flatten=true."""
+        c, h, w = self.image_shape
+        return (c * h * w,) if self.flatten else (c, h, w)
+
+    @property
+    def num_classes(self) -> int | None:
+        return None
+
+    @abstractmethod
+    def load_splits(self) -> DatasetDict:
+        """Return HF datasets ``train`` and ``test`` (and ``val`` if the source has one)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = self.load_splits()
+        train = raw["train"]
+        if "val" in raw:
+            val = raw["val"]
+        else:
+            if isinstance(self.val_size, int) and self.val_size >= len(train):
+                raise ConfigError(f"data.val_size: {self.val_size} leaves no training examples (train has {len(train)})")
+            carved = train.train_test_split(test_size=self.val_size, seed=self.split_seed, shuffle=True)
+            train, val = carved["train"], carved["test"]
+        for name, split in (("train", train), ("val", val), ("test", raw["test"])):
+            if self.limit is not None:
+                split = split.select(range(min(self.limit, len(split))))
+            self.splits[name] = self._to_tensors(split)
+
+    def _to_tensors(self, split: Dataset) -> TensorSplit:
+        columns = split.with_format("numpy")[:]
+        images = torch.from_numpy(np.ascontiguousarray(columns["image"], dtype=np.uint8))
+        labels = torch.from_numpy(np.asarray(columns["label"], dtype=np.int64))
+        return TensorSplit(images, labels, self.pixel_scale, self.flatten)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        split = self.splits[name]
+        if shuffle:
+            # Seeded from the run's seed (set by seed_everything) so that `seed` changes the order.
+            generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+            sampler = RandomSampler(split, generator=generator)
+        else:
+            sampler = SequentialSampler(split)
+        batches = BatchSampler(sampler, batch_size=self.batch_size, drop_last=False)
+        return DataLoader(
+            split,
+            sampler=batches,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,30 @@
+"""User-facing errors: one line that names the culprit, raised before any training starts."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config value, file or path the user supplied is wrong.
+
+    The message is a single line of the form ``<key>: <what is wrong> (<what is allowed>)``.
+    """
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its class name."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__
+
+
+def with_key_prefix(error: BaseException, node: str) -> ConfigError:
+    """Return ``error`` as a ConfigError whose message is rooted at the config ``node`` it came from.
+
+    Constructors raise ``ValueError("n_components: must be positive, got 0")``; the caller knows
+    the config node (``model``) and turns it into ``model.n_components: must be positive, got 0``.
+    """
+    message = first_line(error)
+    if node and not message.startswith(f"{node}."):
+        message = f"{node}.{message}"
+    return ConfigError(message)

@@ -1,0 +1,68 @@
+"""Building blocks reused by several models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+OutputActivation = Literal["sigmoid", "none"]
+
+
+def activation_layer(name: str) -> nn.Module:
+    """An activation from ``torch.nn`` by class name, e.g. ``"ReLU"``, ``"Sigmoid"``, ``"GELU"``."""
+    layer = getattr(nn, name, None)
+    if not (isinstance(layer, type) and issubclass(layer, nn.Module)):
+        raise ValueError(f"activation: {name!r} is not a torch.nn activation (e.g. ReLU, Sigmoid, GELU, SiLU, Tanh)")
+    return layer()
+
+
+def output_layer(name: OutputActivation) -> nn.Module:
+    """The last layer of a decoder: ``sigmoid`` keeps pixels in [0, 1], ``none`` leaves them unbounded."""
+    if name not in ("sigmoid", "none"):
+        raise ValueError(f"output_activation: {name!r} is not allowed (allowed: sigmoid, none)")
+    return nn.Sigmoid() if name == "sigmoid" else nn.Identity()
+
+
+def mlp(sizes: list[int], activation: str, last: nn.Module | None = None) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``, ``activation`` between them.
+
+    The last linear layer is followed by ``last`` (linear output when None).
+    """
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if index < len(sizes) - 2:
+            layers.append(activation_layer(activation))
+    if last is not None:
+        layers.append(last)
+    return nn.Sequential(*layers)
+
+
+def conv_down(in_channels: int, out_channels: int, activation: str) -> nn.Sequential:
+    """3x3 conv with stride 2: ``(B, in, H, W) -> (B, out, ceil(H/2), ceil(W/2))``."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1),
+        activation_layer(activation),
+    )
+
+
+def conv_up(in_channels: int, out_channels: int, size: tuple[int, int], activation: str | None) -> nn.Sequential:
+    """Nearest upsampling to exactly ``size`` then a 3x3 conv: ``(B, in, h, w) -> (B, out, *size)``.
+
+    Upsampling to a recorded size (not by a factor) restores odd sizes such as 7 -> 14 -> 28 or 5 -> 9.
+    """
+    layers: list[nn.Module] = [nn.Upsample(size=size, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, padding=1)]
+    if activation is not None:
+        layers.append(activation_layer(activation))
+    return nn.Sequential(*layers)
+
+
+def reconstruction_loss(name: str, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean per-element loss: ``mse``, ``l1`` or ``bce`` (bce expects reconstructions in [0, 1])."""
+    if name == "mse":
+        return nn.functional.mse_loss(reconstruction, target)
+    if name == "l1":
+        return nn.functional.l1_loss(reconstruction, target)
+    return nn.functional.binary_cross_entropy(reconstruction.clamp(1e-6, 1 - 1e-6), target)

@@ -1,0 +1,119 @@
+"""Weights & Biases (online or offline), CSV or no logger; images and tables to whichever is active."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+WandbMode = Literal["auto", "online", "offline", "disabled"]
+
+
+def wandb_has_key() -> bool:
+    """True when a W&B API key is configured (env var or ``wandb login``'s netrc entry)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: WandbMode) -> str:
+    """``auto`` (default): ``WANDB_MODE`` if set, else online with a key and offline without one."""
+    if mode != "auto":
+        return mode
+    return os.environ.get("WANDB_MODE") or ("online" if wandb_has_key() else "offline")
+
+
+def make_wandb_logger(
+    save_dir: str,
+    project: str = "latentbench",
+    name: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    entity: str | None = None,
+    mode: WandbMode = "auto",
+    log_model: bool = False,
+    run_id: str | None = None,
+) -> WandbLogger:
+    """A Lightning WandbLogger whose run files live in the run directory ``save_dir/wandb``."""
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        save_dir=save_dir,
+        project=project,
+        name=name,
+        group=group,
+        tags=list(tags or []),
+        entity=entity,
+        mode=resolve_wandb_mode(mode),
+        log_model=log_model,
+        id=run_id,
+        resume="allow" if run_id else None,
+    )
+
+
+def make_csv_logger(save_dir: str, name: str = "csv") -> CSVLogger:
+    """Metrics as ``save_dir/csv/version_0/metrics.csv``."""
+    return CSVLogger(save_dir=save_dir, name=name)
+
+
+def wandb_loggers(loggers: list[Logger]) -> list[WandbLogger]:
+    return [logger for logger in loggers if isinstance(logger, WandbLogger)]
+
+
+def log_image(loggers: list[Logger], output_dir: str | Path, key: str, image: np.ndarray, step: int, caption: str = "") -> None:
+    """Log an ``(H, W, 3)`` uint8 image to W&B, or save it as ``output_dir/images/<key>_<step>.png``."""
+    wandb = wandb_loggers(loggers)
+    if wandb:
+        for logger in wandb:
+            extra = {"caption": [caption]} if caption else {}
+            logger.log_image(key=key, images=[image], step=step, **extra)
+        return
+    from PIL import Image
+
+    path = Path(output_dir) / "images" / f"{key.replace('/', '_')}_{step:06d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def log_table(loggers: list[Logger], output_dir: str | Path, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """Log a table to W&B as a ``wandb.Table``, or save it as ``output_dir/tables/<key>.csv``."""
+    wandb = wandb_loggers(loggers)
+    if wandb:
+        for logger in wandb:
+            logger.log_table(key=key, columns=columns, data=rows)
+        return
+    import csv
+
+    path = Path(output_dir) / "tables" / f"{key.replace('/', '_')}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+
+
+def git_commit() -> str | None:
+    """The commit of the working tree the run was launched from, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_metrics_json(path: str | Path, metrics: dict[str, Any]) -> None:
+    """Write ``metrics.json`` atomically (write a temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,145 @@
+"""``latentbench train``: compose a run from ``conf/``, train, test, write ``metrics.json``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from latentbench.callbacks import BestValidationMetrics
+from latentbench.config_check import check_config
+from latentbench.errors import ConfigError
+from latentbench.instantiate import build
+from latentbench.tracking import git_commit, wandb_loggers, write_metrics_json
+
+log = logging.getLogger(__name__)
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    """A GPU asked for on a machine without one fails here, in one line, before any work."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator: '{accelerator}' asked for, but this machine has no CUDA GPU (use trainer=cpu)")
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is not None and "_target_" in node:
+            log.info("callback %s: %s", name, node._target_)
+            callbacks.append(build(node, f"callbacks.{name}"))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is not None and "_target_" in node:
+            log.info("logger %s: %s", name, node._target_)
+            loggers.append(build(node, f"logger.{name}"))
+    return loggers
+
+
+def build_run(cfg: DictConfig) -> dict[str, Any]:
+    """Validate ``cfg`` and build data module, model, callbacks, loggers and trainer; loads no data."""
+    check_config(cfg)
+    check_hardware(cfg)
+    log.info("data: %s", cfg.data._target_)
+    datamodule = build(cfg.data, "data")
+    log.info("model: %s", cfg.model._target_)
+    model = build(cfg.model, "model", input_shape=list(datamodule.input_shape), _recursive_=False, _convert_="all")
+    callbacks = build_callbacks(cfg)
+    if not any(isinstance(c, BestValidationMetrics) for c in callbacks):
+        callbacks.append(BestValidationMetrics())
+    loggers = build_loggers(cfg)
+    interactive = sys.stdout.isatty()
+    if interactive:
+        callbacks.append(pl.callbacks.RichProgressBar())
+    trainer = build(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        deterministic=cfg.deterministic,
+        default_root_dir=cfg.paths.output_dir,
+        enable_progress_bar=interactive,
+    )
+    return {"datamodule": datamodule, "model": model, "trainer": trainer, "loggers": loggers, "callbacks": callbacks}
+
+
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """Path of the best checkpoint saved during fit, or None (then the final weights are tested)."""
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    return path or None
+
+
+def collect_metrics(cfg: DictConfig, trainer: pl.Trainer, test_results: list[dict], objects: dict[str, Any]) -> dict[str, Any]:
+    """Flat ``{"test/...": ..., "best_val/...": ..., "seed": ..., ...}`` for ``metrics.json``."""
+    metrics: dict[str, Any] = {}
+    for result in test_results:
+        metrics.update({k: float(v) for k, v in result.items()})
+    for callback in objects["callbacks"]:
+        if isinstance(callback, BestValidationMetrics):
+            metrics.update({f"best_{k}": v for k, v in callback.best.items()})
+    metrics["seed"] = int(cfg.seed)
+    metrics["git_commit"] = git_commit()
+    metrics["global_step"] = int(trainer.global_step)
+    metrics["epochs"] = int(trainer.current_epoch)
+    checkpoint = best_checkpoint(trainer)
+    metrics["checkpoint"] = checkpoint
+    for logger in wandb_loggers(objects["loggers"]):
+        experiment = logger.experiment
+        metrics["wandb_run_id"] = experiment.id
+        metrics["wandb_url"] = experiment.url if not experiment.settings._offline else None
+        metrics["wandb_dir"] = str(Path(experiment.dir).parent)
+    metrics["status"] = "finished"
+    return metrics
+
+
+def finish_loggers(loggers: list, failed: bool) -> None:
+    """Close every W&B run (one run per training run, also under multirun) and say how to sync it."""
+    for logger in wandb_loggers(loggers):
+        experiment = logger.experiment
+        offline = experiment.settings._offline
+        run_dir = Path(experiment.dir).parent
+        experiment.finish(exit_code=1 if failed else 0)
+        if offline:
+            log.info("W&B ran offline; upload this run with: wandb sync %s", run_dir)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and test one run; return (and write to ``<output_dir>/metrics.json``) its metrics."""
+    objects = build_run(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    trainer, model, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    failed = True
+    try:
+        for logger in objects["loggers"]:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        trainer.fit(model, datamodule=datamodule)
+        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=False)
+        metrics = collect_metrics(cfg, trainer, test_results, objects)
+        write_metrics_json(output_dir / "metrics.json", metrics)
+        log.info("metrics: %s", output_dir / "metrics.json")
+        failed = False
+        return metrics
+    finally:
+        finish_loggers(objects["loggers"], failed)
+
+
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The value a Hydra sweeper optimises: ``metrics[cfg.optimized_metric]``, if set."""
+    key = cfg.get("optimized_metric")
+    if not key:
+        return None
+    value = metrics.get(key)
+    return float(value) if value is not None else math.nan

@@ -87,8 +87,7 @@ class ReconstructionModel(pl.LightningModule):
         target = batch["image"]
         self.log(f"{stage}/loss", self.training_loss(reconstruction, target), prog_bar=stage == "val", batch_size=len(target))
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        # Pixels are compared in [0, 1]: an unbounded decoder is clipped to the image range.
-        metrics.update(reconstruction.detach().clamp(0.0, 1.0).float(), target.float())
+        metrics.update(reconstruction.detach().float(), target.float())
         self.log_dict(metrics, batch_size=len(target))
         return {"reconstruction": reconstruction.detach(), "codes": codes.detach()}
 

@@ -11,8 +11,8 @@ class PCA(ReconstructionModel):
     """Principal component analysis as a reconstruction model.
 
     Training accumulates the sum and the scatter matrix of the flattened training images in
-    float64 (reduced across DDP ranks), then eigendecomposes the covariance at the end of the
-    first epoch and stops: the fit is exact and independent of batch size and order.
+    float64 (reduced across DDP ranks), then eigendecomposes the covariance once the pass is over
+    and stops after one epoch: the fit is exact and independent of batch size and order.
 
     Args:
         n_components (`int`): number of principal components kept (the code size).
@@ -28,15 +28,20 @@ class PCA(ReconstructionModel):
             raise ValueError(f"n_components: {n_components} is larger than the input size {self.input_dim}")
         self.n_components = n_components
         self.automatic_optimization = False
+        # Lightning counts steps (and decides when to checkpoint) by optimizer steps, so PCA steps
+        # an optimizer with nothing to optimise once per batch.
+        self.step_counter = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
         self.register_buffer("mean", torch.zeros(self.input_dim))
         self.register_buffer("components", torch.zeros(n_components, self.input_dim))
         self.register_buffer("explained_variance", torch.zeros(n_components))
+        self.explained_variance_ratio = float("nan")
         self._reset_statistics()
 
     def _reset_statistics(self) -> None:
         self._sum = torch.zeros(self.input_dim, dtype=torch.float64)
         self._scatter = torch.zeros(self.input_dim, self.input_dim, dtype=torch.float64)
         self._count = torch.zeros((), dtype=torch.float64)
+        self._pending = False
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return (x.flatten(1) - self.mean) @ self.components.T
@@ -55,21 +60,34 @@ class PCA(ReconstructionModel):
         self._sum += x.sum(dim=0)
         self._scatter += x.T @ x
         self._count += x.shape[0]
+        self._pending = True
+        self.optimizers().step()
+
+    def on_validation_epoch_start(self) -> None:
+        self.fit_components()  # Lightning validates before on_train_epoch_end: fit first
 
     def on_train_epoch_end(self) -> None:
+        self.fit_components()
+        self.log("train/explained_variance_ratio", self.explained_variance_ratio)
+        self.trainer.should_stop = True  # the fit is exact after one pass
+
+    def fit_components(self) -> None:
+        """Eigendecompose the covariance of the statistics gathered so far (all ranks together)."""
+        if not self._pending:
+            return
+        self._pending = False
         strategy = self.trainer.strategy
-        total = strategy.reduce(self._count.to(self.device), reduce_op="sum").cpu()
-        total_sum = strategy.reduce(self._sum.to(self.device), reduce_op="sum").cpu()
-        scatter = strategy.reduce(self._scatter.to(self.device), reduce_op="sum").cpu()
-        mean = total_sum / total
-        covariance = (scatter - total * torch.outer(mean, mean)) / (total - 1)
+        count, total, scatter = (
+            strategy.reduce(t.to(self.device), reduce_op="sum").cpu() for t in (self._count, self._sum, self._scatter)
+        )
+        mean = total / count
+        covariance = (scatter - count * torch.outer(mean, mean)) / (count - 1)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending order
         order = torch.argsort(eigenvalues, descending=True)[: self.n_components]
         self.mean.copy_(mean.to(self.mean))
         self.components.copy_(eigenvectors[:, order].T.to(self.components))
         self.explained_variance.copy_(eigenvalues[order].to(self.explained_variance))
-        self.log("train/explained_variance_ratio", (eigenvalues[order].sum() / eigenvalues.sum()).float())
-        self.trainer.should_stop = True  # the fit is exact after one pass
+        self.explained_variance_ratio = (eigenvalues[order].sum() / eigenvalues.sum()).item()
 
-    def configure_optimizers(self) -> None:
-        return None
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([self.step_counter], lr=0.0)

@@ -1,0 +1,70 @@
+"""Shared fixtures: configs composed with Hydra's compose API, each run in its own tmp dir, offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from latentbench.cli import conf_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LATENTBENCH_DATA", REPO.parent / "shared" / "data"))
+MNIST_ROOT = SHARED_DATA / "mnist"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+needs_mnist = pytest.mark.skipif(not MNIST_ROOT.is_dir(), reason=f"shared MNIST not found at {MNIST_ROOT}")
+
+# Overrides that make any run tiny and quiet: CPU, no W&B unless a test asks for it.
+FAST = ["trainer=cpu", "logger=none", "trainer.max_epochs=1"]
+MNIST_SLICE = [f"data=mnist", f"data.root={MNIST_ROOT}", "data.limit=512", "data.val_size=512"]
+
+
+def make_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/train.yaml`` with overrides, as ``latentbench train`` would, into ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    """``cfg_factory(*overrides)`` -> composed config writing into this test's ``tmp_path``."""
+
+    def factory(*overrides: str) -> DictConfig:
+        return make_cfg([*FAST, *overrides], tmp_path)
+
+    yield factory
+    GlobalHydra.instance().clear()
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``latentbench <args>`` in a subprocess, as a user would."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "latentbench.cli", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

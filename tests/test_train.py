@@ -1,0 +1,128 @@
+"""Every model x data combination trains; metrics.json, W&B files and figures are what we promise."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA as SklearnPCA
+
+from latentbench.data.mnist import MNISTDataModule
+from latentbench.train import train
+from tests.conftest import MNIST_ROOT, MNIST_SLICE, needs_mnist
+
+MODELS = ["pca", "ae", "ae_hinton", "ae_conv"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_dev_run_on_digits(cfg_factory, model):
+    cfg = cfg_factory(f"model={model}", "trainer.fast_dev_run=true", *(["model.n_components=16"] if model == "pca" else []))
+    metrics = train(cfg)
+    assert np.isfinite(metrics["test/recon_sse"]) and metrics["test/recon_sse"] > 0
+
+
+@needs_mnist
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_dev_run_on_mnist_slice(cfg_factory, model):
+    metrics = train(cfg_factory(f"model={model}", "trainer.fast_dev_run=true", *MNIST_SLICE))
+    assert np.isfinite(metrics["test/recon_sse"])
+
+
+def test_metrics_json_holds_named_keys(cfg_factory, tmp_path):
+    cfg = cfg_factory("model=ae", "trainer.max_epochs=2", "data.limit=300")
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("test/recon_sse", "test/mse", "test/psnr", "test/ssim", "best_val/loss", "best_val/recon_sse", "seed", "git_commit"):
+        assert key in metrics, key
+    assert metrics["seed"] == 1234
+    assert metrics["status"] == "finished"
+    assert metrics["checkpoint"].endswith(".ckpt")
+    # recon_sse is mean-over-images of the per-image sum of squared error: 64 pixels x mse for 8x8 digits
+    assert metrics["test/recon_sse"] == pytest.approx(64 * metrics["test/mse"], rel=1e-4)
+
+
+def reference_pca_sse(train_x: np.ndarray, test_x: np.ndarray, n_components: int) -> float:
+    reference = SklearnPCA(n_components=n_components, svd_solver="full").fit(train_x)
+    recon = reference.inverse_transform(reference.transform(test_x))
+    return float(((recon - test_x) ** 2).sum(axis=1).mean())
+
+
+def split_arrays(datamodule, name: str) -> np.ndarray:
+    split = datamodule.splits[name]
+    return (split.images.double() / split.pixel_scale).flatten(1).numpy()
+
+
+def test_pca_equals_sklearn_on_digits(cfg_factory):
+    metrics = train(cfg_factory("model=pca", "model.n_components=10", "data.batch_size=50"))
+    from latentbench.data.digits import DigitsDataModule
+
+    datamodule = DigitsDataModule(batch_size=50)
+    datamodule.setup()
+    expected = reference_pca_sse(split_arrays(datamodule, "train"), split_arrays(datamodule, "test"), 10)
+    assert metrics["test/recon_sse"] == pytest.approx(expected, rel=1e-5)
+
+
+@needs_mnist
+def test_pca_equals_sklearn_on_mnist(cfg_factory):
+    overrides = [f"data=mnist", f"data.root={MNIST_ROOT}", "data.limit=3000", "data.val_size=500", "model=pca", "model.n_components=30"]
+    metrics = train(cfg_factory(*overrides))
+    datamodule = MNISTDataModule(root=str(MNIST_ROOT), limit=3000, val_size=500)
+    datamodule.setup()
+    expected = reference_pca_sse(split_arrays(datamodule, "train"), split_arrays(datamodule, "test"), 30)
+    assert metrics["test/recon_sse"] == pytest.approx(expected, rel=1e-5)
+
+
+@needs_mnist
+def test_ae_loss_falls_on_mnist(cfg_factory, tmp_path):
+    cfg = cfg_factory(
+        "model=ae", *MNIST_SLICE[:2], "data.limit=6400", "data.val_size=1000", "data.batch_size=64",
+        "trainer.max_steps=300", "trainer.max_epochs=10", "logger=csv", "trainer.log_every_n_steps=10",
+    )
+    metrics = train(cfg)
+    import csv
+
+    rows = list(csv.DictReader(open(next(tmp_path.glob("csv/version_*/metrics.csv")))))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 20
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
+    assert metrics["global_step"] == 300
+
+
+def test_offline_wandb_run_holds_images_and_embedding_table(cfg_factory, tmp_path):
+    metrics = train(cfg_factory("model=ae", "logger=wandb", "trainer.max_epochs=2", "data.limit=200"))
+    assert metrics["wandb_run_id"]
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    media = run_dir / "files" / "media"
+    assert list((media / "images" / "val").glob("reconstructions_*.png"))
+    assert list((media / "images" / "test").glob("embedding_*.png"))
+    table_file = next((media / "table" / "test").glob("embedding_table_*.table.json"))
+    table = json.loads(table_file.read_text())
+    assert table["columns"][:3] == ["label", "x", "y"]
+    assert len(table["data"]) == 200 and len(table["columns"]) == 3 + 16
+    assert metrics["wandb_dir"] == str(run_dir)
+
+
+def test_no_logger_saves_figures_to_run_dir(cfg_factory, tmp_path):
+    train(cfg_factory("model=ae_conv", "data.limit=100"))
+    assert list((tmp_path / "images").glob("val_reconstructions_*.png"))
+    assert (tmp_path / "images").glob("test_embedding_*.png")
+    header = (tmp_path / "tables" / "test_embedding_table.csv").read_text().splitlines()[0]
+    assert header.startswith("label,x,y,z0")
+
+
+def test_seed_makes_runs_reproducible(cfg_factory, tmp_path):
+    first = train(cfg_factory("model=ae", "data.limit=200", "deterministic=true", "callbacks=none"))
+    second = train(cfg_factory("model=ae", "data.limit=200", "deterministic=true", "callbacks=none"))
+    other = train(cfg_factory("model=ae", "data.limit=200", "deterministic=true", "callbacks=none", "seed=7"))
+    assert first["test/recon_sse"] == second["test/recon_sse"]
+    assert first["test/recon_sse"] != other["test/recon_sse"]
+
+
+def test_checkpoint_loads_without_hydra(cfg_factory):
+    from latentbench.models.ae_conv import ConvAutoEncoder
+
+    metrics = train(cfg_factory("model=ae_conv", "data.limit=100"))
+    model = ConvAutoEncoder.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 1, 8, 8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def preflight(overrides: list[str]) -> None:
     except MissingConfigException as error:
         raise ConfigError(unknown_choice_message(error, overrides)) from None
     except (HydraException, ValueError) as error:
-        raise ConfigError(first_line(error).replace("Could not override", "cannot override")) from None
+        raise ConfigError(override_error_message(error)) from None
 
 
 def unknown_choice_message(error, overrides: list[str]) -> str:
@@ -57,6 +58,17 @@ def unknown_choice_message(error, overrides: list[str]) -> str:
         if f"'{group}/{choice}'" in text:
             available = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
             return f"{group}={choice}: unknown choice (available: {', '.join(available)})"
+    return first_line(error)
+
+
+def override_error_message(error: Exception) -> str:
+    """One line from Hydra's message about an override it could not apply."""
+    text = f"{error} {error.__cause__ or ''}"
+    key = re.search(r"Could not override '([^']+)'", text)
+    if key and "not in struct" in text:
+        return f"{key.group(1)}: no such key in the config (to add a new key, write +{key.group(1)}=...)"
+    if key:
+        return f"{key.group(1)}: {first_line(error.__cause__ or error) if error.__cause__ else 'cannot override'}"
     return first_line(error)
 
 
@@ -77,17 +89,15 @@ def run_train(args: list[str]) -> int:
         try:
             return objective(cfg, train(cfg))
         except ConfigError as error:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" and not multirun:
                 raise
             print(f"error: {error}", file=sys.stderr)
-            if not multirun:
-                sys.exit(2)
-            failures.append(1)
+            failures.append(str(error))
             return float("nan")
 
     sys.argv = ["latentbench train", *args]
     train_task()
-    return 1 if failures else 0
+    return 2 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from latentbench.errors import ConfigError
 
-_SKIP_TYPE_CHECK = object()
+TOP_LEVEL_TYPES = {"seed": int, "deterministic": bool, "run_name": str, "optimized_metric": str | None}
 
 
 def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "trainer", "logger", "callbacks")) -> None:
@@ -27,6 +27,9 @@ def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "tr
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]}: missing required value (set it on the command line, e.g. {missing[0]}=...)")
+    for key, kind in TOP_LEVEL_TYPES.items():
+        if key in cfg and not OmegaConf.is_interpolation(cfg, key) and not _matches(cfg[key], kind):
+            raise ConfigError(f"{key}: expected {_describe(kind)}, got {cfg[key]!r} ({type(cfg[key]).__name__})")
     for name in nodes:
         if name in cfg and cfg[name] is not None:
             _check_node(cfg[name], name)

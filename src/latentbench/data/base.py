@@ -78,15 +78,15 @@ class ImageDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if batch_size <= 0:
-            raise ConfigError(f"batch_size: must be a positive integer, got {batch_size}")
+            raise ValueError(f"batch_size: must be a positive integer, got {batch_size}")
         if num_workers < 0:
-            raise ConfigError(f"num_workers: must be >= 0, got {num_workers}")
+            raise ValueError(f"num_workers: must be >= 0, got {num_workers}")
         if limit is not None and limit <= 0:
-            raise ConfigError(f"limit: must be a positive integer or null, got {limit}")
+            raise ValueError(f"limit: must be a positive integer or null, got {limit}")
         if isinstance(val_size, float) and not 0.0 < val_size < 1.0:
-            raise ConfigError(f"val_size: a fraction must lie in (0, 1), got {val_size}")
+            raise ValueError(f"val_size: a fraction must lie in (0, 1), got {val_size}")
         if isinstance(val_size, int) and val_size <= 0:
-            raise ConfigError(f"val_size: a count must be positive, got {val_size}")
+            raise ValueError(f"val_size: a count must be positive, got {val_size}")
         self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
         self.val_size, self.split_seed, self.flatten = val_size, split_seed, flatten
         self.splits: dict[str, TensorSplit] = {}

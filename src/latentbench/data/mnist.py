@@ -90,7 +90,16 @@ class MNISTDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         if self.root is None:
-            load_dataset(self.hub_name)  # download once, on rank zero
+            self._load_hub()  # download once, on rank zero
+
+    def _load_hub(self, split: str | None = None):
+        try:
+            return load_dataset(self.hub_name, split=split)
+        except Exception as error:  # network, auth or name errors all mean the same to the user
+            raise ConfigError(
+                f"data.root: null, so MNIST comes from the hub dataset '{self.hub_name}', which failed "
+                f"({type(error).__name__}); set data.root=<folder with the four IDX files> to read it locally"
+            ) from None
 
     def load_splits(self) -> DatasetDict:
         if self.root is not None:
@@ -108,6 +117,6 @@ class MNISTDataModule(ImageDataModule):
         return arrays_to_dataset(images[:, None], labels)
 
     def _read_hub(self, split: str):
-        hub = load_dataset(self.hub_name, split=split)
+        hub = self._load_hub(split)
         images = np.stack([np.asarray(image, dtype=np.uint8) for image in hub["image"]])[:, None]
         return arrays_to_dataset(images, np.asarray(hub["label"]))

@@ -1,0 +1,81 @@
+"""Bad input gives one clear line naming the culprit, before training, and a non-zero exit code."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pytest
+
+from latentbench.cli import main
+from tests.conftest import MNIST_ROOT, needs_mnist, run_cli
+
+QUICK = ["logger=none", "trainer=cpu", "trainer.fast_dev_run=true"]
+
+CASES = {
+    "unknown group choice": (["model=foo"], "model=foo: unknown choice (available: ae, ae_conv, ae_hinton, pca)"),
+    "unknown key": (["model.nope=3"], "model.nope: no such key in the config (to add a new key, write +model.nope=...)"),
+    "wrong type": (["model=pca", "model.n_components=abc"], "model.n_components: expected int, got 'abc' (str)"),
+    "wrong list item type": (["model.hidden=[a]"], "model.hidden: expected a list of int"),
+    "wrong top-level type": (["seed=abc"], "seed: expected int, got 'abc' (str)"),
+    "non-positive size": (["model.latent_dim=0"], "model.latent_dim: must be positive, got 0"),
+    "non-positive batch size": (["data.batch_size=-1"], "data.batch_size: must be a positive integer, got -1"),
+    "latent larger than input": (["model.latent_dim=100"], "model.latent_dim: 100 is larger than the input size 64"),
+    "pca larger than input": (["model=pca", "model.n_components=65"], "model.n_components: 65 is larger than the input size 64"),
+    "missing required value": (["model.loss=???"], "model.loss: missing required value"),
+    "bad literal": (["model.loss=huber"], "model.loss: expected one of 'mse', 'bce', 'l1', got 'huber' (str)"),
+    "bce without sigmoid": (["model.loss=bce", "model.output_activation=none"], "model.loss: 'bce' needs output_activation 'sigmoid'"),
+    "unknown activation": (["model.activation=Foo"], "model.activation: 'Foo' is not a torch.nn activation"),
+    "conv AE on flat data": (["model=ae_conv", "data.flatten=true"], "model.input_shape: a conv autoencoder needs (C, H, W) images"),
+    "missing data folder": (["data=mnist", "data.root=/nonexistent/mnist"], "data.root: /nonexistent/mnist does not exist or is not a folder"),
+    "GPU on a CPU machine": (["trainer=gpu"], "trainer.accelerator: 'gpu' asked for, but this machine has no CUDA GPU"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_is_one_line_before_training(case, capsys, tmp_path, monkeypatch):
+    overrides, expected = CASES[case]
+    if case == "GPU on a CPU machine":
+        monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    code = main(["train", *QUICK, *overrides, f"hydra.run.dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: " + expected), err[-1]
+    assert not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_folder_without_idx_files(capsys, tmp_path):
+    (tmp_path / "mnist").mkdir()
+    code = main(["train", *QUICK, "data=mnist", f"data.root={tmp_path / 'mnist'}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 2
+    assert f"error: data.root: {tmp_path / 'mnist'} has no MNIST IDX files train-images-idx3-ubyte[.gz]" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_truncated_idx_file_names_the_file(capsys, tmp_path):
+    root = tmp_path / "mnist"
+    shutil.copytree(MNIST_ROOT, root)
+    broken = root / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(broken, "rb") as handle:
+        data = handle.read()
+    with gzip.open(broken, "wb") as handle:
+        handle.write(data[:5000])
+    code = main(["train", *QUICK, "data=mnist", f"data.root={root}", "data.limit=64", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 2
+    assert f"error: {broken}: IDX header declares 7840000 values but the file holds 4984 (truncated or corrupt)" in capsys.readouterr().err
+
+
+def test_hub_failure_offline_says_what_to_set(capsys, tmp_path):
+    code = main(["train", *QUICK, "data=mnist", "data.hub_name=no-such-user/no-such-mnist", f"hydra.run.dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: data.root: null, so MNIST comes from the hub dataset 'no-such-user/no-such-mnist', which failed" in err
+    assert "set data.root=<folder with the four IDX files>" in err
+
+
+def test_cli_error_has_exit_code_and_no_traceback():
+    result = run_cli("train", "model=ae", "model.latent_dim=0", "logger=none")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: model.latent_dim: must be positive, got 0"
+    assert "Traceback" not in result.stderr + result.stdout

@@ -72,15 +72,31 @@ def override_error_message(error: Exception) -> str:
     return first_line(error)
 
 
+def quote_numeric_choices(args: list[str]) -> list[str]:
+    """``precision=32`` -> ``precision='32'``: Hydra parses 32 as an int, which it refuses as a group choice."""
+    quoted = []
+    for arg in args:
+        group, sep, choice = arg.partition("=")
+        if sep and choice.isdigit() and (conf_dir() / group / f"{choice}.yaml").is_file():
+            arg = f"{group}='{choice}'"
+        quoted.append(arg)
+    return quoted
+
+
 def run_train(args: list[str]) -> int:
-    import hydra
+    """Run Hydra on ``args`` (overrides and Hydra flags) with the training task; 0 when every job succeeded.
+
+    Hydra is driven with ``args`` directly rather than through ``sys.argv``, so ``sys.argv`` keeps
+    ``latentbench train ...``: Lightning's DDP launcher re-executes ``sys.argv`` for ranks > 0.
+    """
+    from hydra._internal.utils import _run_hydra, get_args_parser
 
     from latentbench.train import objective, train
 
+    args = quote_numeric_choices(args)
     preflight(args)
-    failures: list[int] = []
+    failures: list[str] = []
 
-    @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
     def train_task(cfg):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -95,8 +111,15 @@ def run_train(args: list[str]) -> int:
             failures.append(str(error))
             return float("nan")
 
-    sys.argv = ["latentbench train", *args]
-    train_task()
+    parser = get_args_parser()
+    parser.prog = "latentbench train"
+    _run_hydra(
+        args=parser.parse_args(args),
+        args_parser=parser,
+        task_function=train_task,
+        config_path=str(conf_dir()),
+        config_name="train",
+    )
     return 2 if failures else 0
 
 

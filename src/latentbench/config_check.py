@@ -19,7 +19,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from latentbench.errors import ConfigError
 
-TOP_LEVEL_TYPES = {"seed": int, "deterministic": bool, "run_name": str, "optimized_metric": str | None}
+TOP_LEVEL_TYPES = {
+    "seed": int,
+    "deterministic": bool,
+    "run_name": str,
+    "optimized_metric": str | None,
+    "channels_last": bool,
+    "matmul_precision": Literal["highest", "high", "medium"],
+}
 
 
 def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "trainer", "logger", "callbacks")) -> None:

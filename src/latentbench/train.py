@@ -26,6 +26,31 @@ def check_hardware(cfg: DictConfig) -> None:
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator: '{accelerator}' asked for, but this machine has no CUDA GPU (use trainer=cpu)")
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    on_cpu = accelerator == "cpu" or not torch.cuda.is_available()
+    if on_cpu and precision in ("16-mixed", "16-true", "16"):
+        raise ConfigError(f"trainer.precision: '{precision}' needs a CUDA GPU; on the CPU use precision=bf16-mixed or 32")
+
+
+class ChannelsLast(pl.Callback):
+    """Conv models in channels-last memory format (faster convolutions with tensor cores)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.to(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 4:
+                batch[key] = value.contiguous(memory_format=torch.channels_last)
+
+
+def apply_compile(model: pl.LightningModule, cfg: DictConfig) -> pl.LightningModule:
+    """``torch.compile`` the module when ``compile.enabled``; Lightning trains the compiled wrapper."""
+    options = cfg.get("compile")
+    if not options or not options.enabled:
+        return model
+    log.info("torch.compile(mode=%s, backend=%s)", options.mode, options.backend)
+    return torch.compile(model, mode=options.mode, backend=options.backend)
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
@@ -58,6 +83,8 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     if not any(isinstance(c, BestValidationMetrics) for c in callbacks):
         callbacks.append(BestValidationMetrics())
     loggers = build_loggers(cfg)
+    if cfg.get("channels_last"):
+        callbacks.append(ChannelsLast())
     interactive = sys.stdout.isatty()
     if interactive:
         callbacks.append(pl.callbacks.RichProgressBar())
@@ -94,7 +121,7 @@ def collect_metrics(cfg: DictConfig, trainer: pl.Trainer, test_results: list[dic
     metrics["epochs"] = int(trainer.current_epoch)
     checkpoint = best_checkpoint(trainer)
     metrics["checkpoint"] = checkpoint
-    for logger in wandb_loggers(objects["loggers"]):
+    for logger in wandb_loggers(objects["loggers"]) if trainer.is_global_zero else []:
         experiment = logger.experiment
         metrics["wandb_run_id"] = experiment.id
         metrics["wandb_url"] = experiment.url if not experiment.settings._offline else None
@@ -116,9 +143,12 @@ def finish_loggers(loggers: list, failed: bool) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one run; return (and write to ``<output_dir>/metrics.json``) its metrics."""
+    check_config(cfg)  # before seeding, so that a bad seed is reported as such
+    pl.seed_everything(cfg.seed, workers=True)  # before building: the seed fixes the initial weights
     objects = build_run(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
-    trainer, model, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    trainer, datamodule = objects["trainer"], objects["datamodule"]
+    model = apply_compile(objects["model"], cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     failed = True
@@ -128,12 +158,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule)
         test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=False)
         metrics = collect_metrics(cfg, trainer, test_results, objects)
-        write_metrics_json(output_dir / "metrics.json", metrics)
-        log.info("metrics: %s", output_dir / "metrics.json")
+        if trainer.is_global_zero:
+            write_metrics_json(output_dir / "metrics.json", metrics)
+            log.info("metrics: %s", output_dir / "metrics.json")
         failed = False
         return metrics
     finally:
-        finish_loggers(objects["loggers"], failed)
+        if trainer.is_global_zero:
+            finish_loggers(objects["loggers"], failed)
 
 
 def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from datasets import Array3D, Dataset, DatasetDict, Features, Value
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from latentbench.errors import ConfigError
 
@@ -46,11 +46,34 @@ class TensorSplit(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices, device=self.images.device)
         image = self.images[index].float().div_(self.pixel_scale)
         if self.flatten:
             image = image.flatten(1)
         return {"image": image, "label": self.labels[index]}
+
+
+class ShardedSampler(Sampler[int]):
+    """Every ``world_size``-th index of ``sampler``, starting at ``rank``: each DDP rank sees its own shard.
+
+    All ranks draw the same permutation (same seed), so the shards partition it. With
+    ``equal_shards`` (training) every rank gets ``len // world_size`` indices, so that no rank takes
+    an extra step and blocks the gradient all-reduce; without it (evaluation) nothing is dropped
+    or repeated, so metrics reduced across ranks equal a single-process run's exactly.
+    """
+
+    def __init__(self, sampler: Sampler[int], rank: int, world_size: int, equal_shards: bool):
+        self.sampler, self.rank, self.world_size, self.equal_shards = sampler, rank, world_size, equal_shards
+
+    def __len__(self) -> int:
+        total = len(self.sampler)
+        if self.equal_shards:
+            return total // self.world_size
+        return len(range(self.rank, total, self.world_size))
+
+    def __iter__(self):
+        shard = list(self.sampler)[self.rank :: self.world_size]
+        return iter(shard[: len(self)])
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -63,6 +86,10 @@ class ImageDataModule(pl.LightningDataModule):
         val_size (`int` or `float`): validation examples carved out of train (a count, or a fraction).
         split_seed (`int`): seed of that carve-out, fixed so runs are comparable.
         flatten (`bool`): serve images as vectors ``(B, C*H*W)`` instead of ``(B, C, H, W)``.
+        on_device (`bool`): hold the splits on the training device (GPU) and slice batches there,
+            so that the loader is never the bottleneck of a small model; needs ``num_workers: 0``.
+
+    ``batch_size`` is per process: under DDP each rank draws ``batch_size`` examples from its shard.
     """
 
     pixel_scale: float = 255.0  # uint8 value that maps to 1.0
@@ -75,8 +102,11 @@ class ImageDataModule(pl.LightningDataModule):
         val_size: int | float = 0.1,
         split_seed: int = 0,
         flatten: bool = False,
+        on_device: bool = False,
     ):
         super().__init__()
+        if on_device and num_workers > 0:
+            raise ValueError(f"on_device: true needs num_workers: 0 (workers cannot share device tensors), got num_workers={num_workers}")
         if batch_size <= 0:
             raise ValueError(f"batch_size: must be a positive integer, got {batch_size}")
         if num_workers < 0:
@@ -88,7 +118,7 @@ class ImageDataModule(pl.LightningDataModule):
         if isinstance(val_size, int) and val_size <= 0:
             raise ValueError(f"val_size: a count must be positive, got {val_size}")
         self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
-        self.val_size, self.split_seed, self.flatten = val_size, split_seed, flatten
+        self.val_size, self.split_seed, self.flatten, self.on_device = val_size, split_seed, flatten, on_device
         self.splits: dict[str, TensorSplit] = {}
 
     @property
@@ -131,16 +161,31 @@ class ImageDataModule(pl.LightningDataModule):
         columns = split.with_format("numpy")[:]
         images = torch.from_numpy(np.ascontiguousarray(columns["image"], dtype=np.uint8))
         labels = torch.from_numpy(np.asarray(columns["label"], dtype=np.int64))
-        return TensorSplit(images, labels, self.pixel_scale, self.flatten)
+        device = self._storage_device()
+        return TensorSplit(images.to(device), labels.to(device), self.pixel_scale, self.flatten)
+
+    def _storage_device(self) -> torch.device:
+        if self.on_device and self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         split = self.splits[name]
         if shuffle:
-            # Seeded from the run's seed (set by seed_everything) so that `seed` changes the order.
+            # Seeded from the run's seed (set by seed_everything) so that `seed` changes the order;
+            # every DDP rank draws the same permutation and keeps its own shard of it.
             generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
             sampler = RandomSampler(split, generator=generator)
         else:
             sampler = SequentialSampler(split)
+        rank, world_size = self._rank_and_world()
+        if world_size > 1:
+            sampler = ShardedSampler(sampler, rank, world_size, equal_shards=shuffle)
         batches = BatchSampler(sampler, batch_size=self.batch_size, drop_last=False)
         return DataLoader(
             split,

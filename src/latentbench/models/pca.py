@@ -28,9 +28,9 @@ class PCA(ReconstructionModel):
             raise ValueError(f"n_components: {n_components} is larger than the input size {self.input_dim}")
         self.n_components = n_components
         self.automatic_optimization = False
-        # Lightning counts steps (and decides when to checkpoint) by optimizer steps, so PCA steps
-        # an optimizer with nothing to optimise once per batch.
-        self.step_counter = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
+        # Lightning counts steps (and decides when to checkpoint) by optimizer steps, and DDP refuses
+        # a module without trainable parameters: PCA steps a zero-lr optimizer on one dummy weight.
+        self.step_counter = torch.nn.Parameter(torch.zeros(1))
         self.register_buffer("mean", torch.zeros(self.input_dim))
         self.register_buffer("components", torch.zeros(n_components, self.input_dim))
         self.register_buffer("explained_variance", torch.zeros(n_components))
@@ -61,6 +61,7 @@ class PCA(ReconstructionModel):
         self._scatter += x.T @ x
         self._count += x.shape[0]
         self._pending = True
+        self.manual_backward(self.step_counter.sum() * 0.0)
         self.optimizers().step()
 
     def on_validation_epoch_start(self) -> None:

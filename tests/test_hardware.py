@@ -1,0 +1,95 @@
+"""Hardware strategies on CPU: 2-process DDP equals 1 process, precisions run, compile is exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from latentbench.train import train
+from tests.conftest import MNIST_ROOT, needs_mnist, run_cli
+
+# 512 train / 256 val / 512 test MNIST images; global batch 64 in both runs.
+SLICE = ["data=mnist", f"data.root={MNIST_ROOT}", "data.limit=512", "data.val_size=256", "callbacks=none",
+         "deterministic=true", "logger=none"]
+DDP_KEYS = ("test/recon_sse", "test/mse", "test/psnr", "test/ssim")
+
+
+def ddp_metrics(tmp_path, *overrides: str) -> dict:
+    result = run_cli("train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *SLICE, *overrides,
+                     f"hydra.run.dir={tmp_path / 'ddp'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+
+
+@needs_mnist
+def test_ddp_two_processes_match_one_process_for_pca(cfg_factory, tmp_path):
+    single = train(cfg_factory(*SLICE, "model=pca", "data.batch_size=64"))
+    double = ddp_metrics(tmp_path, "model=pca", "data.batch_size=32")
+    for key in DDP_KEYS:
+        assert double[key] == pytest.approx(single[key], rel=1e-5), key
+
+
+@needs_mnist
+def test_ddp_two_processes_match_one_process_for_ae(cfg_factory, tmp_path):
+    # Rank r takes every other index of the same permutation, so the two ranks' batches of 32 form
+    # exactly the single run's batch of 64 and the averaged gradients agree up to float rounding.
+    steps = ["model=ae", "trainer.max_epochs=2"]
+    single = train(cfg_factory(*SLICE, *steps, "data.batch_size=64"))
+    double = ddp_metrics(tmp_path, *steps, "data.batch_size=32")
+    assert double["global_step"] == single["global_step"] == 16
+    for key in DDP_KEYS:
+        assert double[key] == pytest.approx(single[key], rel=1e-3, abs=5e-4), key
+
+
+@pytest.mark.parametrize("precision", ["'32'", "bf16-mixed", "bf16-true"])
+def test_precisions_that_cpu_supports_run(cfg_factory, precision):
+    metrics = train(cfg_factory(f"precision={precision}", "model=ae_conv", "trainer.fast_dev_run=true"))
+    assert torch.isfinite(torch.tensor(metrics["test/mse"]))
+
+
+def test_fp16_on_cpu_is_a_clear_error(capsys, tmp_path):
+    from latentbench.cli import main
+
+    code = main(["train", "precision=16-mixed", "trainer=cpu", "logger=none", f"hydra.run.dir={tmp_path}"])
+    assert code == 2
+    assert "error: trainer.precision: '16-mixed' needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_compiled_model_matches_eager():
+    from latentbench.models.ae_conv import ConvAutoEncoder
+
+    torch.manual_seed(0)
+    model = ConvAutoEncoder((1, 28, 28), channels=[8, 16], latent_dim=8).eval()
+    x = torch.rand(4, 1, 28, 28)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
+def test_compile_and_channels_last_train(cfg_factory):
+    metrics = train(cfg_factory("model=ae_conv", "compile.enabled=true", "compile.backend=aot_eager",
+                                "channels_last=true", "matmul_precision=high", "trainer.fast_dev_run=true"))
+    assert torch.isfinite(torch.tensor(metrics["test/recon_sse"]))
+
+
+def test_on_device_data_serves_batches_from_held_tensors(cfg_factory):
+    from latentbench.data.digits import DigitsDataModule
+
+    datamodule = DigitsDataModule(on_device=True, batch_size=16)
+    datamodule.setup()
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].shape == (16, 1, 8, 8)
+    metrics = train(cfg_factory("data.on_device=true", "trainer.fast_dev_run=true"))
+    assert torch.isfinite(torch.tensor(metrics["test/mse"]))
+    with pytest.raises(ValueError, match="on_device: true needs num_workers: 0"):
+        DigitsDataModule(on_device=True, num_workers=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_bf16_compile_on_device(cfg_factory):
+    metrics = train(cfg_factory("trainer=gpu", "precision=bf16-mixed", "compile.enabled=true", "data.on_device=true",
+                                "model=ae_conv", "trainer.max_epochs=1"))
+    assert torch.isfinite(torch.tensor(metrics["test/mse"]))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -150,3 +152,79 @@ class BestValidationMetrics(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = dict(state_dict.get("best", {}))
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the run stops and keeps its last good checkpoint."""
+
+
+class StopOnNonFiniteLoss(pl.Callback):
+    """Stops training at the first NaN/inf training loss, before any checkpoint of the bad state."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
+            raise NonFiniteLossError(f"train/loss became {loss.item()} at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})")
+
+
+class RngStateCheckpoint(pl.Callback):
+    """Saves the Python, NumPy and torch (CPU and CUDA) RNG states in every checkpoint and restores
+    them on resume, so that random corruptions and dropout continue exactly where they stopped.
+
+    States are stored as tensors and plain Python values, so checkpoints still load with
+    ``torch.load(weights_only=True)``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        import random
+
+        python = state_dict["python"]
+        random.setstate((python[0], tuple(python[1]), python[2]))
+        numpy_state = state_dict["numpy"]
+        np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class PeriodicCheckpoint(pl.Callback):
+    """Writes ``<dirpath>/last.ckpt`` every ``every_n_steps`` training steps and/or ``every_minutes``.
+
+    Together with the resumable data loaders and :class:`RngStateCheckpoint`, a run killed at any
+    step resumes from here exactly. Lightning writes checkpoints atomically (a temporary file,
+    then a rename), so a kill while saving leaves the previous ``last.ckpt`` intact.
+    """
+
+    def __init__(self, dirpath: str, every_n_steps: int | None = 100, every_minutes: float | None = None):
+        if every_n_steps is not None and every_n_steps <= 0:
+            raise ValueError(f"every_n_steps: must be positive or null, got {every_n_steps}")
+        if every_minutes is not None and every_minutes <= 0:
+            raise ValueError(f"every_minutes: must be positive or null, got {every_minutes}")
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every_n_steps, self.every_minutes = every_n_steps, every_minutes
+        self._last_save_time = time.monotonic()
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        by_steps = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
+        by_time = self.every_minutes is not None and time.monotonic() - self._last_save_time >= 60 * self.every_minutes
+        return bool(trainer.strategy.broadcast(by_steps or by_time))  # ranks must agree: saving is collective
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step > 0 and self._due(trainer):
+            trainer.save_checkpoint(self.path)
+            self._last_save_time = time.monotonic()

@@ -26,6 +26,7 @@ TOP_LEVEL_TYPES = {
     "optimized_metric": str | None,
     "channels_last": bool,
     "matmul_precision": Literal["highest", "high", "medium"],
+    "resume": str | None,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -10,11 +11,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from latentbench.callbacks import BestValidationMetrics
+from latentbench.callbacks import BestValidationMetrics, RngStateCheckpoint, StopOnNonFiniteLoss
 from latentbench.config_check import check_config
-from latentbench.errors import ConfigError
+from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
 from latentbench.tracking import git_commit, wandb_loggers, write_metrics_json
 
@@ -80,8 +81,10 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     log.info("model: %s", cfg.model._target_)
     model = build(cfg.model, "model", input_shape=list(datamodule.input_shape), _recursive_=False, _convert_="all")
     callbacks = build_callbacks(cfg)
-    if not any(isinstance(c, BestValidationMetrics) for c in callbacks):
-        callbacks.append(BestValidationMetrics())
+    for always in (BestValidationMetrics, RngStateCheckpoint):
+        if not any(isinstance(c, always) for c in callbacks):
+            callbacks.append(always())
+    callbacks.insert(0, StopOnNonFiniteLoss())  # first: no later callback may checkpoint a NaN state
     loggers = build_loggers(cfg)
     if cfg.get("channels_last"):
         callbacks.append(ChannelsLast())
@@ -141,9 +144,67 @@ def finish_loggers(loggers: list, failed: bool) -> None:
             log.info("W&B ran offline; upload this run with: wandb sync %s", run_dir)
 
 
+class TrainingFailed(RuntimeError):
+    """A run stopped by an error during training or testing; ``metrics.json`` records why."""
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The ``last.ckpt`` to continue from when ``resume`` names this run's directory, else None."""
+    if not cfg.get("resume"):
+        return None
+    checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise ConfigError(f"resume: {cfg.paths.output_dir} has no checkpoints/last.ckpt to resume from")
+    return str(checkpoint)
+
+
+def reuse_wandb_run(cfg: DictConfig) -> None:
+    """On resume, log to the W&B run the interrupted run started (its id is in ``run.json``)."""
+    run_file = Path(cfg.paths.output_dir) / "run.json"
+    if not cfg.get("resume") or not run_file.is_file() or "wandb" not in (cfg.get("logger") or {}):
+        return
+    run_id = json.loads(run_file.read_text()).get("wandb_run_id")
+    if run_id:
+        with open_dict(cfg):
+            cfg.logger.wandb.run_id = run_id
+
+
+def write_run_info(output_dir: Path, cfg: DictConfig, objects: dict[str, Any], status: str) -> None:
+    """``run.json``: status and W&B run id, written when a run starts so that a resume can find them."""
+    info = {"status": status, "seed": int(cfg.seed), "git_commit": git_commit()}
+    for logger in wandb_loggers(objects["loggers"]):
+        info["wandb_run_id"] = logger.experiment.id
+    write_metrics_json(output_dir / "run.json", info)
+
+
+def last_good_checkpoint(output_dir: Path) -> str | None:
+    checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    return str(checkpoint) if checkpoint.is_file() else None
+
+
+def record_failure(output_dir: Path, cfg: DictConfig, error: BaseException) -> str:
+    """Write ``metrics.json`` with ``status: failed`` and the reason; return the one-line reason."""
+    reason = f"{type(error).__name__}: {first_line(error)}"
+    write_metrics_json(output_dir / "metrics.json", {
+        "status": "failed",
+        "error": reason,
+        "seed": int(cfg.seed),
+        "git_commit": git_commit(),
+        "checkpoint": last_good_checkpoint(output_dir),
+    })
+    return reason
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train and test one run; return (and write to ``<output_dir>/metrics.json``) its metrics."""
+    """Train and test one run; return (and write to ``<output_dir>/metrics.json``) its metrics.
+
+    Raises ConfigError for a bad config or input (before any step), TrainingFailed for an error
+    during training (``metrics.json`` then says ``status: failed``, the reason and the last good
+    checkpoint).
+    """
     check_config(cfg)  # before seeding, so that a bad seed is reported as such
+    ckpt_path = resume_checkpoint(cfg)
+    reuse_wandb_run(cfg)
     pl.seed_everything(cfg.seed, workers=True)  # before building: the seed fixes the initial weights
     objects = build_run(cfg)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
@@ -153,16 +214,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     failed = True
     try:
+        if trainer.is_global_zero:
+            write_run_info(output_dir, cfg, objects, "running")
         for logger in objects["loggers"]:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
         test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=False)
         metrics = collect_metrics(cfg, trainer, test_results, objects)
         if trainer.is_global_zero:
             write_metrics_json(output_dir / "metrics.json", metrics)
+            write_run_info(output_dir, cfg, objects, "finished")
             log.info("metrics: %s", output_dir / "metrics.json")
         failed = False
         return metrics
+    except ConfigError:
+        if trainer.is_global_zero:
+            record_failure(output_dir, cfg, sys.exc_info()[1])
+        raise
+    except Exception as error:
+        reason = record_failure(output_dir, cfg, error) if trainer.is_global_zero else first_line(error)
+        good = last_good_checkpoint(output_dir)
+        raise TrainingFailed(f"{reason} (last good checkpoint: {good or 'none'})") from error
     finally:
         if trainer.is_global_zero:
             finish_loggers(objects["loggers"], failed)

@@ -17,7 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from datasets import Array3D, Dataset, DatasetDict, Features, Value
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Sampler
 
 from latentbench.errors import ConfigError
 
@@ -53,27 +53,68 @@ class TensorSplit(torch.utils.data.Dataset):
         return {"image": image, "label": self.labels[index]}
 
 
-class ShardedSampler(Sampler[int]):
-    """Every ``world_size``-th index of ``sampler``, starting at ``rank``: each DDP rank sees its own shard.
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Batches of indices of one split, for one DDP rank, resumable in the middle of an epoch.
 
-    All ranks draw the same permutation (same seed), so the shards partition it. With
-    ``equal_shards`` (training) every rank gets ``len // world_size`` indices, so that no rank takes
-    an extra step and blocks the gradient all-reduce; without it (evaluation) nothing is dropped
-    or repeated, so metrics reduced across ranks equal a single-process run's exactly.
+    Epoch ``e`` draws the permutation ``randperm(n, seed + e)`` (or ``0..n-1`` without shuffle), so
+    the order is a pure function of the seed and the epoch: every rank draws the same one and keeps
+    every ``world_size``-th index from ``rank``, and a resumed run draws it again. With
+    ``equal_shards`` (training) every rank gets ``n // world_size`` indices, so that no rank takes an
+    extra step and blocks the gradient all-reduce; without it (evaluation) nothing is dropped or
+    repeated, so metrics reduced across ranks equal a single-process run's exactly.
+
+    ``state_dict`` records the epoch being drawn and how many of its batches were consumed
+    (``consumed()``, the trainer's count); ``load_state_dict`` makes the next ``iter`` skip them.
     """
 
-    def __init__(self, sampler: Sampler[int], rank: int, world_size: int, equal_shards: bool):
-        self.sampler, self.rank, self.world_size, self.equal_shards = sampler, rank, world_size, equal_shards
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 equal_shards: bool = False, consumed=None):
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
+        self.consumed = consumed or (lambda: 0)
+        self.epoch = 0  # epoch of the next iteration
+        self.current_epoch = 0  # epoch of the iteration in progress
+        self.skip = 0
+
+    def shard_size(self) -> int:
+        if self.equal_shards:
+            return self.size // self.world_size
+        return len(range(self.rank, self.size, self.world_size))
 
     def __len__(self) -> int:
-        total = len(self.sampler)
-        if self.equal_shards:
-            return total // self.world_size
-        return len(range(self.rank, total, self.world_size))
+        return -(-self.shard_size() // self.batch_size)
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+        else:
+            order = torch.arange(self.size)
+        return order[self.rank :: self.world_size][: self.shard_size()]
 
     def __iter__(self):
-        shard = list(self.sampler)[self.rank :: self.world_size]
-        return iter(shard[: len(self)])
+        self.current_epoch, self.epoch = self.epoch, self.epoch + 1
+        skip, self.skip = self.skip, 0
+        batches = self.indices(self.current_epoch).split(self.batch_size)
+        for batch in batches[skip:]:
+            yield batch.tolist()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.current_epoch, "batches_consumed": int(self.consumed())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.skip = state["epoch"], state["batches_consumed"]
+        if self.skip >= len(self):  # saved at the end of an epoch: go on with the next one
+            self.epoch, self.skip = self.epoch + 1, 0
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in checkpoints and restores on resume."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -174,20 +215,23 @@ class ImageDataModule(pl.LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
+    def _batches_consumed(self) -> int:
+        """Training batches of the current epoch the trainer has finished (saved in checkpoints)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         split = self.splits[name]
-        if shuffle:
-            # Seeded from the run's seed (set by seed_everything) so that `seed` changes the order;
-            # every DDP rank draws the same permutation and keeps its own shard of it.
-            generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
-            sampler = RandomSampler(split, generator=generator)
-        else:
-            sampler = SequentialSampler(split)
         rank, world_size = self._rank_and_world()
-        if world_size > 1:
-            sampler = ShardedSampler(sampler, rank, world_size, equal_shards=shuffle)
-        batches = BatchSampler(sampler, batch_size=self.batch_size, drop_last=False)
-        return DataLoader(
+        batches = ResumableBatchSampler(
+            len(split), self.batch_size, shuffle,
+            # the run's seed (set by seed_everything), so that `seed` changes the order
+            seed=torch.initial_seed() % 2**62,
+            rank=rank, world_size=world_size, equal_shards=shuffle,
+            consumed=self._batches_consumed if shuffle else None,
+        )
+        return ResumableDataLoader(
             split,
             sampler=batches,
             batch_size=None,

@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from latentbench.cli import conf_dir
+from latentbench.compose import compose_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LATENTBENCH_DATA", REPO.parent / "shared" / "data"))
@@ -33,16 +31,7 @@ MNIST_SLICE = [f"data=mnist", f"data.root={MNIST_ROOT}", "data.limit=512", "data
 
 def make_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose ``conf/train.yaml`` with overrides, as ``latentbench train`` would, into ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    return cfg
+    return compose_run_config(overrides, output_dir)
 
 
 @pytest.fixture

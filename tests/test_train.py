@@ -79,6 +79,7 @@ def test_ae_loss_falls_on_mnist(cfg_factory, tmp_path):
     cfg = cfg_factory(
         "model=ae", *MNIST_SLICE[:2], "data.limit=6400", "data.val_size=1000", "data.batch_size=64",
         "trainer.max_steps=300", "trainer.max_epochs=10", "logger=csv", "trainer.log_every_n_steps=10",
+        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "callbacks=none",
     )
     metrics = train(cfg)
     import csv

@@ -182,13 +182,16 @@ def run_train(args: list[str]) -> int:
 
     parser = get_args_parser()
     parser.prog = "latentbench train"
-    _run_hydra(
-        args=parser.parse_args(args),
-        args_parser=parser,
-        task_function=train_task,
-        config_path=str(conf_dir()),
-        config_name="train",
-    )
+    try:
+        _run_hydra(
+            args=parser.parse_args(args),
+            args_parser=parser,
+            task_function=train_task,
+            config_path=str(conf_dir()),
+            config_name="train",
+        )
+    except SystemExit as exit_:  # --help, --cfg and Hydra's own errors end with sys.exit
+        return exit_.code if isinstance(exit_.code, int) else 1
     return max(failures, default=0)
 
 

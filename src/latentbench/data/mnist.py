@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 from pathlib import Path
@@ -51,6 +52,20 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) - header != expected:
         raise ConfigError(f"{path}: IDX header declares {expected} values but the file holds {len(raw) - header} (truncated or corrupt)")
     return np.frombuffer(raw, dtype=IDX_DTYPES[raw[2]], offset=header).reshape(shape)
+
+
+def read_idx_cached(path: Path) -> np.ndarray:
+    """:func:`read_idx`, remembered per file and modification time: sweeps and tests in one process
+    (Hydra multirun, notebooks) decompress the 50 MB only once."""
+    stat = path.stat()
+    return _read_idx_cached(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_cached(path: Path, mtime_ns: int, size: int) -> np.ndarray:
+    array = read_idx(path)
+    array.setflags(write=False)
+    return array
 
 
 class MNISTDataModule(ImageDataModule):
@@ -107,8 +122,8 @@ class MNISTDataModule(ImageDataModule):
         return DatasetDict({split: self._read_hub(split) for split in ("train", "test")})
 
     def _read_local(self, split: str):
-        images = read_idx(self.idx_paths[f"{split}_images"])
-        labels = read_idx(self.idx_paths[f"{split}_labels"])
+        images = read_idx_cached(self.idx_paths[f"{split}_images"])
+        labels = read_idx_cached(self.idx_paths[f"{split}_labels"])
         if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
             raise ConfigError(
                 f"{self.idx_paths[f'{split}_images']}: expected (N, 28, 28) images with N labels, "

@@ -72,6 +72,26 @@ def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
     return loggers
 
 
+# Model constructor arguments that describe the data; filled in from the data module when the
+# model's constructor takes them and the config leaves them unset.
+DATA_ARGUMENTS = ("input_shape", "num_classes", "has_captions")
+
+
+def data_arguments(model_node: DictConfig, datamodule: pl.LightningDataModule) -> dict[str, Any]:
+    """``{"input_shape": [1, 28, 28], "num_classes": 10, ...}``: what the model needs to know about the data."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    params = inspect.signature(get_object(model_node._target_)).parameters
+    arguments = {}
+    for name in DATA_ARGUMENTS:
+        if name in params and model_node.get(name) is None and hasattr(datamodule, name):
+            value = getattr(datamodule, name)
+            arguments[name] = list(value) if isinstance(value, tuple) else value
+    return arguments
+
+
 def build_run(cfg: DictConfig) -> dict[str, Any]:
     """Validate ``cfg`` and build data module, model, callbacks, loggers and trainer; loads no data."""
     check_config(cfg)
@@ -79,7 +99,7 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     log.info("data: %s", cfg.data._target_)
     datamodule = build(cfg.data, "data")
     log.info("model: %s", cfg.model._target_)
-    model = build(cfg.model, "model", input_shape=list(datamodule.input_shape), _recursive_=False, _convert_="all")
+    model = build(cfg.model, "model", **data_arguments(cfg.model, datamodule), _recursive_=False, _convert_="all")
     callbacks = build_callbacks(cfg)
     for always in (BestValidationMetrics, RngStateCheckpoint):
         if not any(isinstance(c, always) for c in callbacks):

@@ -175,7 +175,13 @@ class ImageDataModule(pl.LightningDataModule):
 
     @property
     def num_classes(self) -> int | None:
+        """Number of label classes, or None when the labels are not classes."""
         return None
+
+    @property
+    def has_captions(self) -> bool:
+        """True when batches carry a ``caption`` list (image-text data)."""
+        return False
 
     @abstractmethod
     def load_splits(self) -> DatasetDict:

@@ -9,7 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from latentbench.data.shapes import SHAPES, SIZES, ShapesDataModule
+from latentbench.data.shapes import COLOURS, SHAPES, SIZES, ShapesDataModule
 from latentbench.errors import ConfigError
 from latentbench.evaluation.clip_score import CLIPScore, zero_shot_accuracy
 from latentbench.models.clip import CLIPModel, image_features, load_clip, text_features
@@ -22,17 +22,19 @@ TINY = {
     "vision_cfg": {"image_size": None, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8, "mlp_ratio": 2.0},
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
-# zero-shot prompts for colour classes: the colour in every shape's and size's phrase, averaged
-COLOUR_TEMPLATES = [f"a {size} {{}} {shape}" for size in SIZES for shape in SHAPES]
+# zero-shot prompts for background-colour classes (what a briefly trained CLIP learns first: the
+# colour of most pixels): the class in caption-like phrases over every size, shape colour and shape,
+# averaged (prompt ensembling)
+BACKGROUND_TEMPLATES = [f"a {size} {colour} {shape} on a {{}} background" for size in SIZES for colour in COLOURS for shape in SHAPES]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny CLIP trained for 40 steps on 32x32 shapes (labels = colour of the shape), its
+    """A tiny CLIP trained for 40 steps on 32x32 shapes (labels = background colour), its
     Lightning checkpoint and the held-out data."""
     pl.seed_everything(0)
-    data = ShapesDataModule(num_train=640, num_val=64, num_test=256, image_size=32, batch_size=32, label_by="colour")
-    model = CLIPModel(model_cfg=TINY, input_shape=[3, 32, 32], has_captions=True, zero_shot_templates=COLOUR_TEMPLATES,
+    data = ShapesDataModule(num_train=640, num_val=64, num_test=256, image_size=32, batch_size=32, label_by="background")
+    model = CLIPModel(model_cfg=TINY, input_shape=[3, 32, 32], has_captions=True, zero_shot_templates=BACKGROUND_TEMPLATES,
                       optimizer={"_target_": "torch.optim.AdamW", "lr": 3e-3, "weight_decay": 0.0})
     trainer = pl.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
@@ -67,7 +69,7 @@ def test_clip_score_matching_beats_shuffled(trained):
 def test_zero_shot_above_chance(trained):
     model, tokenizer = load_clip(str(trained["checkpoint"]))
     accuracy = zero_shot_accuracy(model, tokenizer, trained["images"], trained["labels"], trained["class_names"],
-                                  COLOUR_TEMPLATES)
+                                  BACKGROUND_TEMPLATES)
     chance = 1 / len(trained["class_names"])
     assert accuracy > 2 * chance, accuracy
     # the module logs the same number at test time

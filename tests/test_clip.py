@@ -24,7 +24,7 @@ TINY = {
 }
 # zero-shot prompts for background-colour classes (what a briefly trained CLIP learns first: the
 # colour of most pixels): the class in caption-like phrases over every size, shape colour and shape,
-# averaged (prompt ensembling)
+# averaged (prompt ensembling); the shapes module offers the same ones
 BACKGROUND_TEMPLATES = [f"a {size} {colour} {shape} on a {{}} background" for size in SIZES for colour in COLOURS for shape in SHAPES]
 
 
@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     Lightning checkpoint and the held-out data."""
     pl.seed_everything(0)
     data = ShapesDataModule(num_train=640, num_val=64, num_test=256, image_size=32, batch_size=32, label_by="background")
-    model = CLIPModel(model_cfg=TINY, input_shape=[3, 32, 32], has_captions=True, zero_shot_templates=BACKGROUND_TEMPLATES,
+    model = CLIPModel(model_cfg=TINY, input_shape=[3, 32, 32], has_captions=True,
                       optimizer={"_target_": "torch.optim.AdamW", "lr": 3e-3, "weight_decay": 0.0})
     trainer = pl.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
@@ -71,6 +71,7 @@ def test_zero_shot_above_chance(trained):
     accuracy = zero_shot_accuracy(model, tokenizer, trained["images"], trained["labels"], trained["class_names"],
                                   BACKGROUND_TEMPLATES)
     chance = 1 / len(trained["class_names"])
+    assert trained["data"].zero_shot_templates == BACKGROUND_TEMPLATES  # what the module used (templates: null)
     assert accuracy > 2 * chance, accuracy
     # the module logs the same number at test time
     results = trained["trainer"].test(trained["model"], datamodule=trained["data"], verbose=False)[0]

@@ -118,6 +118,21 @@ def generate_shapes(count: int, image_size: int, seed: int) -> dict[str, np.ndar
     return {"image": images, **{k: np.asarray(v) if k in ("label", "centre") else v for k, v in out.items()}}
 
 
+def zero_shot_templates(label_by: str) -> list[str]:
+    """Caption-like prompts with ``{}`` in the place of the ``label_by`` class, over the other
+    attributes (averaged by zero-shot classification: prompt ensembling)."""
+    if label_by == "shape":
+        return [f"a {size} {colour} {{}}" for size in SIZES for colour in COLOURS]
+    if label_by == "colour":
+        return [f"a {size} {{}} {shape}" for size in SIZES for shape in SHAPES]
+    if label_by == "background":
+        return [f"a {size} {colour} {shape} on a {{}} background" for size in SIZES for colour in COLOURS for shape in SHAPES]
+    if label_by == "size":
+        return [f"a {{}} {colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    return [f"a {colour} {shape} on a {background} background, {{}}" for colour in COLOURS for shape in SHAPES
+            for background in COLOURS if background != colour]
+
+
 class ShapesDataModule(CaptionedImageDataModule):
     """Procedural shapes with exact captions; labels are shape classes (see ``class_names``).
 
@@ -161,6 +176,11 @@ class ShapesDataModule(CaptionedImageDataModule):
     @property
     def class_names(self) -> list[str]:
         return list(LABEL_CLASSES[self.label_by])
+
+    @property
+    def zero_shot_templates(self) -> list[str]:
+        """Prompts for zero-shot classification of ``label``, phrased like the captions."""
+        return zero_shot_templates(self.label_by)
 
     def load_splits(self) -> DatasetDict:
         splits = {}

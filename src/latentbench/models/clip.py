@@ -177,8 +177,10 @@ class CLIPModel(pl.LightningModule):
         pretrained (`str`, *optional*): pretrained tag of ``model_name`` (online) or a local file.
         input_shape (`list[int]`, *optional*): ``(C, H, W)`` of the data, filled in by ``latentbench train``.
         has_captions (`bool`, *optional*): filled in from the data; false (no captions) is an error.
-        zero_shot_templates (`list[str]`): prompts for zero-shot classification, ``{}`` = class name;
-            used when the data module has ``class_names`` (accuracy logged as ``<stage>/zero_shot_acc``).
+        zero_shot_templates (`list[str]`, *optional*): prompts for zero-shot classification, ``{}`` =
+            class name, averaged over the list; used when the data module has ``class_names``
+            (accuracy logged as ``<stage>/zero_shot_acc``). Null: the data module's
+            ``zero_shot_templates`` when it has some (shapes), else ``["a photo of a {}."]``.
         optimizer (`dict`, *optional*): ``_target_`` config built with the parameters (AdamW 5e-4 by default).
         scheduler (`dict`, *optional*): ``_target_`` LR scheduler config (``interval: step`` to step per batch).
 
@@ -211,7 +213,7 @@ class CLIPModel(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_open_clip(model_cfg, model_name, pretrained)
         self.tokenizer = clip_tokenizer(self.model, model_name)
-        self.templates = list(zero_shot_templates or ["a photo of a {}."])
+        self.templates = list(zero_shot_templates) if zero_shot_templates else None
         self.loss_fn = ClipLoss()
         self.class_names: list[str] | None = None
         self.class_weights: torch.Tensor | None = None
@@ -246,6 +248,8 @@ class CLIPModel(pl.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         names = getattr(datamodule, "class_names", None)
         self.class_names = list(names) if names else None
+        if self.hparams.zero_shot_templates is None:
+            self.templates = list(getattr(datamodule, "zero_shot_templates", None) or ["a photo of a {}."])
 
     def encode(self, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-norm ``(B, D)`` image and text embeddings of images in [0, 1] and their captions."""

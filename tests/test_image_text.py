@@ -212,3 +212,16 @@ def test_laion_config_builds(cfg_factory):
     cfg = cfg_factory("data=laion", f"data.root={COCO}", "data.streaming=true", "data.resolution=32")
     dm = build(cfg.data, "data")
     assert dm.has_captions and dm.image_shape == (3, 32, 32) and dm.files["val"][0].endswith("val-00000.tar")
+
+
+@needs_coco
+def test_streaming_steps_per_epoch_keeps_ranks_in_step():
+    dm = LaionDataModule(root=str(COCO), resolution=8, batch_size=32, streaming=True, steps_per_epoch=3, limit=75)
+    dm.setup()
+    for rank in (0, 1):  # 38 and 37 examples: 2 batches each per pass, an epoch of 3 takes a second pass
+        dm._rank_and_world = lambda rank=rank: (rank, 2)
+        loader = dm.train_dataloader()
+        sizes = [len(b["caption"]) for b in loader]
+        assert len(loader) == 3 and len(sizes) == 3 and sizes[0] == 32 and sizes[1] in (5, 6)
+    with pytest.raises(ValueError, match="steps_per_epoch: a positive count for streaming: true"):
+        LaionDataModule(root=str(COCO), steps_per_epoch=3)

@@ -57,6 +57,7 @@ def test_clip_score_matching_beats_shuffled(trained):
     assert 0.0 <= shuffled < matching <= 100.0
     assert matching - shuffled > 10.0, (matching, shuffled)
     assert score.key("val") == "val/clip_score_local"
+    assert not any(k.startswith("clip") for k in score.state_dict())  # holders of the metric do not save CLIP weights
     # the definition: 100 * max(cos, 0), averaged
     model, tokenizer = load_clip(str(trained["checkpoint"]))
     with torch.no_grad():

@@ -41,7 +41,9 @@ class CLIPScore(Metric):
             checkpoint and the architecture name otherwise.
         model, tokenizer: an already loaded open_clip model and its tokenizer (instead of the above).
 
-    States (``score_sum``, ``n``) are sums, so the metric reduces across DDP ranks.
+    States (``score_sum``, ``n``) are sums, so the metric reduces across DDP ranks. The CLIP model
+    is deliberately not a registered submodule: a model that holds this metric does not save the
+    CLIP weights in its checkpoints; the CLIP follows the images to their device on ``update``.
     """
 
     higher_is_better = True
@@ -57,11 +59,15 @@ class CLIPScore(Metric):
         elif tokenizer is None:
             raise ConfigError("CLIPScore: a model given directly needs its tokenizer")
         model.eval().requires_grad_(False)
-        self.clip = model
+        self._clip = [model]  # a list hides it from nn.Module registration (state_dict, .to)
         self.tokenizer = tokenizer
         self.name = name or ("local" if checkpoint is not None else re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name or "model"))
         self.add_state("score_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    @property
+    def clip(self) -> open_clip.CLIP:
+        return self._clip[0]
 
     def key(self, stage: str) -> str:
         """The logged name: ``<stage>/clip_score_<model>``."""
@@ -72,6 +78,8 @@ class CLIPScore(Metric):
         """``(B,)`` scores ``100 * max(cos, 0)`` of images ``(B, C, H, W)`` in [0, 1] and their B captions."""
         if len(images) != len(captions):
             raise ValueError(f"CLIPScore: {len(images)} images but {len(captions)} captions")
+        if next(self.clip.parameters()).device != images.device:
+            self._clip[0] = self.clip.to(images.device)
         img = image_features(self.clip, images.float())
         txt = text_features(self.clip, self.tokenizer, captions)
         return 100.0 * (img * txt).sum(-1).clamp(min=0)

@@ -212,3 +212,32 @@ def test_laion_config_builds(cfg_factory):
     cfg = cfg_factory("data=laion", f"data.root={COCO}", "data.streaming=true", "data.resolution=32")
     dm = build(cfg.data, "data")
     assert dm.has_captions and dm.image_shape == (3, 32, 32) and dm.files["val"][0].endswith("val-00000.tar")
+
+
+@needs_coco
+def test_streaming_steps_per_epoch_keeps_ranks_in_step():
+    dm = LaionDataModule(root=str(COCO), resolution=8, batch_size=32, streaming=True, steps_per_epoch=3, limit=75)
+    dm.setup()
+    for rank in (0, 1):  # 38 and 37 examples: 2 batches each per pass, an epoch of 3 takes a second pass
+        dm._rank_and_world = lambda rank=rank: (rank, 2)
+        loader = dm.train_dataloader()
+        sizes = [len(b["caption"]) for b in loader]
+        assert len(loader) == 3 and len(sizes) == 3 and sizes[0] == 32 and sizes[1] in (5, 6)
+    with pytest.raises(ValueError, match="steps_per_epoch: a positive count for streaming: true"):
+        LaionDataModule(root=str(COCO), steps_per_epoch=3)
+
+
+@needs_coco
+def test_hub_path_reads_the_same_data(tmp_path):
+    """The hub code path (``datasets.load_dataset(name, streaming=True)``, images decoded by us) run
+    offline on a local folder, which ``load_dataset`` accepts like a hub name; an unreachable hub
+    dataset is one line."""
+    hub = LaionDataModule(hub_name=str(COCO), resolution=16, batch_size=100, streaming=True)
+    hub.setup()
+    local = LaionDataModule(root=str(COCO), resolution=16, batch_size=100)
+    local.setup()
+    x, y = next(iter(hub.val_dataloader())), next(iter(local.val_dataloader()))
+    assert torch.equal(x["image"], y["image"]) and x["caption"] == y["caption"]
+    with pytest.raises(ConfigError) as error:
+        LaionDataModule(hub_name="nobody/no-such-laion").setup()
+    assert "data.hub_name: cannot open 'nobody/no-such-laion'" in str(error.value) and "\n" not in str(error.value)

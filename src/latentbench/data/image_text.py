@@ -291,17 +291,44 @@ class LaionCollate:
 
 
 class StreamingLoader(DataLoader):
-    """DataLoader over a streamed split that reshuffles every epoch (``IterableDataset.set_epoch``)
-    and saves the epoch in checkpoints (a resumed run restarts the interrupted epoch)."""
+    """DataLoader over a streamed split that reshuffles every pass (``IterableDataset.set_epoch``)
+    and saves the pass in checkpoints (a resumed run restarts the interrupted pass).
 
-    def __init__(self, dataset: IterableDataset, **kwargs):
+    With ``steps_per_epoch`` an epoch is exactly that many batches, drawn from as many passes over
+    the data as it takes: every DDP rank then takes the same number of steps, whatever the shard
+    sizes (an uneven count would leave one rank waiting in the gradient all-reduce).
+    """
+
+    def __init__(self, dataset: IterableDataset, steps_per_epoch: int | None = None, **kwargs):
         super().__init__(dataset, **kwargs)
         self.epoch = 0
+        self.steps_per_epoch = steps_per_epoch
 
-    def __iter__(self):
+    def _one_pass(self):
         self.dataset.set_epoch(self.epoch)
         self.epoch += 1
         return super().__iter__()
+
+    def _fixed_steps(self):
+        produced = 0
+        while produced < self.steps_per_epoch:
+            empty = True
+            for batch in self._one_pass():
+                empty = False
+                yield batch
+                produced += 1
+                if produced == self.steps_per_epoch:
+                    return
+            if empty:
+                raise ConfigError("data: the streamed training split is empty on this rank (fewer examples or shards than ranks x workers)")
+
+    def __iter__(self):
+        return self._fixed_steps() if self.steps_per_epoch else self._one_pass()
+
+    def __len__(self) -> int:
+        if self.steps_per_epoch:
+            return self.steps_per_epoch
+        return super().__len__()  # raises TypeError: a stream has no length
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": max(self.epoch - 1, 0)}
@@ -334,6 +361,9 @@ class LaionDataModule(CaptionedImageDataModule):
         skip_bad (`bool`): skip (and count, with a warning) undecodable images, samples without a
             caption and damaged shards instead of stopping with an error naming them.
         shuffle_buffer (`int`): examples in the streaming shuffle buffer (shard order is shuffled too).
+        steps_per_epoch (`int`, *optional*): streaming only: a training epoch is exactly this many
+            batches per rank (passes over the data repeat as needed), so DDP ranks stay in step
+            whatever the shard sizes; null: one pass over the rank's shards.
         **kwargs: see :class:`~latentbench.data.base.ImageDataModule` (``limit`` caps every split;
             in streaming mode ``val_size`` must be a count; ``on_device`` and ``flatten`` are in-memory only).
     """
@@ -353,6 +383,7 @@ class LaionDataModule(CaptionedImageDataModule):
         caption_dropout: float = 0.0,
         skip_bad: bool = False,
         shuffle_buffer: int = 1000,
+        steps_per_epoch: int | None = None,
         **kwargs,
     ):
         super().__init__(caption_dropout=caption_dropout, **kwargs)
@@ -360,6 +391,8 @@ class LaionDataModule(CaptionedImageDataModule):
             raise ValueError(f"resolution: must be at least 8 pixels, got {resolution}")
         if shuffle_buffer <= 0:
             raise ValueError(f"shuffle_buffer: must be positive, got {shuffle_buffer}")
+        if steps_per_epoch is not None and (steps_per_epoch <= 0 or not streaming):
+            raise ValueError(f"steps_per_epoch: a positive count for streaming: true, got {steps_per_epoch} (streaming={streaming})")
         if root is None and not hub_name:
             raise ValueError("root: null and hub_name: null; give a folder or glob of shards (root) or a hub dataset (hub_name)")
         if streaming and (self.on_device or self.flatten):
@@ -369,6 +402,7 @@ class LaionDataModule(CaptionedImageDataModule):
         self.resolution, self.center_crop, self.skip_bad = resolution, center_crop, skip_bad
         self.image_column, self.caption_column, self.label_column = image_column, caption_column, label_column
         self._class_names, self.shuffle_buffer = list(class_names) if class_names else None, shuffle_buffer
+        self.steps_per_epoch = steps_per_epoch
         self.files = self._find_files(root) if root is not None else None
         self.streams: dict[str, IterableDataset] = {}
 
@@ -512,6 +546,7 @@ class LaionDataModule(CaptionedImageDataModule):
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
         return StreamingLoader(
             dataset.with_format("numpy"),
+            steps_per_epoch=self.steps_per_epoch if train else None,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=LaionCollate(self.caption_dropout if train else 0.0),

@@ -14,6 +14,8 @@ colour (no anti-aliasing), which the tests check.
 from __future__ import annotations
 
 import numpy as np
+from typing import Literal
+
 from datasets import DatasetDict
 from PIL import Image, ImageDraw
 
@@ -39,6 +41,9 @@ POSITIONS = {
 # size name -> half-extent of the shape as a fraction of the image size
 SIZES = {"small": 0.09, "large": 0.15}
 SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
+# what ``label`` holds (label_by) -> the names of its classes
+LABEL_CLASSES = {"shape": SHAPES, "colour": tuple(COLOURS), "background": tuple(COLOURS),
+                 "position": tuple(POSITIONS), "size": tuple(SIZES)}
 
 
 def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
@@ -113,6 +118,21 @@ def generate_shapes(count: int, image_size: int, seed: int) -> dict[str, np.ndar
     return {"image": images, **{k: np.asarray(v) if k in ("label", "centre") else v for k, v in out.items()}}
 
 
+def zero_shot_templates(label_by: str) -> list[str]:
+    """Caption-like prompts with ``{}`` in the place of the ``label_by`` class, over the other
+    attributes (averaged by zero-shot classification: prompt ensembling)."""
+    if label_by == "shape":
+        return [f"a {size} {colour} {{}}" for size in SIZES for colour in COLOURS]
+    if label_by == "colour":
+        return [f"a {size} {{}} {shape}" for size in SIZES for shape in SHAPES]
+    if label_by == "background":
+        return [f"a {size} {colour} {shape} on a {{}} background" for size in SIZES for colour in COLOURS for shape in SHAPES]
+    if label_by == "size":
+        return [f"a {{}} {colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    return [f"a {colour} {shape} on a {background} background, {{}}" for colour in COLOURS for shape in SHAPES
+            for background in COLOURS if background != colour]
+
+
 class ShapesDataModule(CaptionedImageDataModule):
     """Procedural shapes with exact captions; labels are shape classes (see ``class_names``).
 
@@ -122,6 +142,8 @@ class ShapesDataModule(CaptionedImageDataModule):
         num_test (`int`): test examples.
         image_size (`int`): side S of the square RGB images ``(3, S, S)``; at least 16.
         seed (`int`): seed of the whole set; the same seed gives the same images and captions.
+        label_by (`str`): what ``label`` is the class index of: ``shape`` (default), ``colour``
+            (of the shape), ``background``, ``position`` or ``size``; ``class_names`` follow.
         caption_dropout (`float`): probability that a training caption is replaced by ``""``
             (classifier-free guidance training); validation and test captions are never dropped.
         **kwargs: see :class:`~latentbench.data.base.ImageDataModule` (``val_size`` is unused).
@@ -130,7 +152,8 @@ class ShapesDataModule(CaptionedImageDataModule):
     """
 
     def __init__(self, num_train: int = 10000, num_val: int = 1000, num_test: int = 1000, image_size: int = 64,
-                 seed: int = 0, caption_dropout: float = 0.0, **kwargs):
+                 seed: int = 0, label_by: Literal["shape", "colour", "background", "position", "size"] = "shape",
+                 caption_dropout: float = 0.0, **kwargs):
         super().__init__(caption_dropout=caption_dropout, **kwargs)
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if value <= 0:
@@ -138,7 +161,9 @@ class ShapesDataModule(CaptionedImageDataModule):
         if image_size < 16:
             raise ValueError(f"image_size: must be at least 16 pixels, got {image_size}")
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
-        self.image_size, self.seed = image_size, seed
+        if label_by not in LABEL_CLASSES:
+            raise ValueError(f"label_by: must be one of {', '.join(LABEL_CLASSES)}, got {label_by!r}")
+        self.image_size, self.seed, self.label_by = image_size, seed, label_by
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -146,11 +171,16 @@ class ShapesDataModule(CaptionedImageDataModule):
 
     @property
     def num_classes(self) -> int:
-        return len(SHAPES)
+        return len(LABEL_CLASSES[self.label_by])
 
     @property
     def class_names(self) -> list[str]:
-        return list(SHAPES)
+        return list(LABEL_CLASSES[self.label_by])
+
+    @property
+    def zero_shot_templates(self) -> list[str]:
+        """Prompts for zero-shot classification of ``label``, phrased like the captions."""
+        return zero_shot_templates(self.label_by)
 
     def load_splits(self) -> DatasetDict:
         splits = {}
@@ -158,5 +188,9 @@ class ShapesDataModule(CaptionedImageDataModule):
             if self.limit is not None:
                 count = min(count, self.limit)  # draw no more than will be used
             data = generate_shapes(count, self.image_size, self.seed * 3 + SPLIT_OFFSETS[name])
-            splits[name] = captioned_dataset(data["image"], data["label"], data["caption"])
+            if self.label_by == "shape":
+                labels = data["label"]
+            else:
+                labels = np.asarray([LABEL_CLASSES[self.label_by].index(v) for v in data[self.label_by]])
+            splits[name] = captioned_dataset(data["image"], labels, data["caption"])
         return DatasetDict(splits)

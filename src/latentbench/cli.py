@@ -15,6 +15,7 @@ log = logging.getLogger("latentbench")
 
 SUBCOMMANDS = {
     "train": "train and test one run (or a Hydra multirun with -m); arguments are Hydra overrides",
+    "embeddings": "side-by-side 2-D test codes of two runs: embeddings <run dir A> <run dir B> [--out file.png]",
 }
 
 USAGE = "usage: latentbench <subcommand> [args]\n\nsubcommands:\n" + "\n".join(
@@ -204,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "train":
             return run_train(rest)
+        if command == "embeddings":
+            from latentbench.evaluation.embeddings import main as embeddings_main
+
+            return embeddings_main(rest)
     except ConfigError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

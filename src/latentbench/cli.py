@@ -15,6 +15,7 @@ log = logging.getLogger("latentbench")
 
 SUBCOMMANDS = {
     "train": "train and test one run (or a Hydra multirun with -m); arguments are Hydra overrides",
+    "eval": "recompute a trained run's test metrics: eval checkpoint=<path> [overrides, e.g. more metrics]",
     "embeddings": "side-by-side 2-D test codes of two runs: embeddings <run dir A> <run dir B> [--out file.png]",
 }
 
@@ -205,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "train":
             return run_train(rest)
+        if command == "eval":
+            from latentbench.evaluation.run_eval import main as eval_main
+
+            return eval_main(rest)
         if command == "embeddings":
             from latentbench.evaluation.embeddings import main as embeddings_main
 

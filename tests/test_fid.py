@@ -180,3 +180,48 @@ def test_inception_weights_path_errors(tmp_path, classifier_ckpt):
         make_fid("inception", weights_path=str(tmp_path / "missing.pth"))
     with pytest.raises(ConfigError, match=r"^metrics.fid.weights_path: .* is not an InceptionV3 state dict"):
         make_fid("inception", weights_path=classifier_ckpt)
+
+
+# -- metrics.fid in runs ----------------------------------------------------------------------------
+from latentbench.train import build_run  # noqa: E402
+from tests.conftest import MNIST_SLICE, needs_mnist  # noqa: E402
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["metrics.fid.enabled=true"], r"^metrics.fid.checkpoint: required when features=domain"),
+    (["metrics.fid.checkpoint=/nowhere/clf.ckpt"], r"^metrics.fid.checkpoint: /nowhere/clf.ckpt does not exist$"),
+    (["metrics.fid.enabled=true", "metrics.fid.features=vgg"], r"^metrics.fid.features: 'vgg' is not allowed \(allowed: inception, domain\)"),
+    (["metrics.fid.weights_path=/nowhere/inception.pth", "metrics.fid.features=inception"], r"^metrics.fid.weights_path: /nowhere/inception.pth does not exist$"),
+])
+def test_fid_config_is_checked_before_training(cfg_factory, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_run(cfg_factory("model=ae", *overrides))
+
+
+@needs_mnist
+def test_domain_classifier_must_match_the_data(cfg_factory, classifier_ckpt):
+    with pytest.raises(ConfigError, match=r"^metrics.fid.checkpoint: the classifier takes images of shape \(1, 8, 8\), this run's data gives \(1, 28, 28\)"):
+        build_run(cfg_factory("model=ae", *MNIST_SLICE, f"metrics.fid.checkpoint={classifier_ckpt}"))
+
+
+def test_reconstruction_fid_on_digits_at_test_and_validation(cfg_factory, classifier_ckpt, tmp_path):
+    metrics = train(cfg_factory("model=ae", "trainer.max_epochs=2", f"metrics.fid.checkpoint={classifier_ckpt}",
+                                "metrics.fid.every_n_val_epochs=1", "metrics.fid.kid=true", "metrics.fid.num_images=200"))
+    assert metrics["test/fid_domain"] > 0 and np.isfinite(metrics["test/kid_domain"])
+    assert "best_val/fid_domain" in metrics  # logged at validation too
+
+
+@needs_mnist
+def test_end_to_end_classifier_then_ae_logs_fid_domain(tmp_path):
+    from tests.conftest import make_cfg
+
+    fast = ["trainer=cpu", "logger=none", "trainer.max_epochs=1", *MNIST_SLICE]
+    clf = train(make_cfg([*fast, "model=classifier", "model.channels=[8,16]", "model.feature_dim=32",
+                         "data.batch_size=32", "trainer.max_epochs=2"], tmp_path / "clf"))
+    assert clf["test/acc"] > 0.3  # 32 steps on 512 images; chance is 0.1
+    ae_dir = tmp_path / "ae"
+    train(make_cfg([*fast, "model=ae", "metrics.fid.enabled=true", "metrics.fid.features=domain",
+                    f"metrics.fid.checkpoint='{clf['checkpoint']}'",  # quoted: the file name holds '='
+                    "metrics.fid.num_images=300"], ae_dir))
+    written = json.loads((ae_dir / "metrics.json").read_text())
+    assert written["test/fid_domain"] > 0 and np.isfinite(written["test/fid_domain"])

@@ -102,6 +102,9 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     log.info("model: %s", cfg.model._target_)
     model = build(cfg.model, "model", **data_arguments(cfg.model, datamodule), _recursive_=False, _convert_="all")
     callbacks = build_callbacks(cfg)
+    from latentbench.evaluation.fid import metric_callbacks
+
+    callbacks.extend(metric_callbacks(cfg, datamodule.image_shape))  # FID etc. (metrics group); validated here
     for always in (BestValidationMetrics, RngStateCheckpoint, ModelClassInCheckpoint):
         if not any(isinstance(c, always) for c in callbacks):
             callbacks.append(always())

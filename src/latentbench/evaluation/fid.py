@@ -234,3 +234,147 @@ def make_fid(
     if features == "inception":
         return FIDEvaluator(InceptionFeatures(weights_path, key), "inception", kid, kid_subset_size)
     raise ConfigError(f"{key}.features: {features!r} is not allowed (allowed: {', '.join(FEATURES)})")
+
+
+# -- reconstruction FID during training / testing -------------------------------------------------
+import logging  # noqa: E402
+
+import pytorch_lightning as pl  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class ReconstructionFID(pl.Callback):
+    """FID (and KID) of real vs reconstructed images, logged as ``test/fid_<features>`` at test
+    and ``val/fid_<features>`` every ``every_n_val_epochs`` validation epochs.
+
+    Uses the ``reconstruction`` the model's validation/test step returns; models without one
+    (classifiers) are skipped with a warning.
+
+    Args:
+        evaluator (`FIDEvaluator`): from :func:`make_fid`.
+        num_images (`int`): images per evaluation (per process under DDP).
+        every_n_val_epochs (`int`, *optional*): also on validation images every N epochs.
+    """
+
+    def __init__(self, evaluator: FIDEvaluator, num_images: int = 1000, every_n_val_epochs: int | None = None):
+        self.evaluator, self.num_images, self.every_n_val_epochs = evaluator, num_images, every_n_val_epochs
+        self.active = False
+        self.warned = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.evaluator.to(pl_module.device)
+
+    def _start(self, pl_module) -> None:
+        self.evaluator.to(pl_module.device)
+        self.evaluator.reset()
+        self.active = True
+
+    def _update(self, trainer, outputs, batch) -> None:
+        if not self.active or self.evaluator.num_real >= self.num_images:
+            return
+        if not isinstance(outputs, dict) or "reconstruction" not in outputs:
+            if not self.warned:
+                log.warning("metrics.fid: the model returns no reconstructions; reconstruction FID skipped")
+                self.warned = True
+            self.active = False
+            return
+        shape = tuple(trainer.datamodule.image_shape)
+        take = self.num_images - self.evaluator.num_real
+        real = batch["image"][:take].reshape(-1, *shape)
+        fake = outputs["reconstruction"][:take].reshape(-1, *shape)
+        self.evaluator.update(real, fake.clamp(0, 1))
+
+    def _finish(self, pl_module, stage: str) -> None:
+        if not self.active:
+            return
+        self.active = False
+        if self.evaluator.num_real < 2:
+            log.warning("metrics.fid: fewer than 2 %s images; %s FID skipped", stage, stage)
+            return
+        for name, value in self.evaluator.compute().items():
+            pl_module.log(f"{stage}/{name}", value)
+        self.evaluator.reset()
+
+    def _val_due(self, trainer) -> bool:
+        n = self.every_n_val_epochs
+        return bool(n) and not trainer.sanity_checking and (trainer.current_epoch + 1) % n == 0
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self._val_due(trainer):
+            self._start(pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(trainer, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._finish(pl_module, "val")
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._start(pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(trainer, outputs, batch)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._finish(pl_module, "test")
+
+
+def fid_enabled(node) -> bool:
+    """``metrics.fid.enabled``, where null means: on when a checkpoint or weights_path is given."""
+    if node is None:
+        return False
+    if node.get("enabled") is None:
+        return bool(node.get("checkpoint") or node.get("weights_path"))
+    return bool(node.enabled)
+
+
+def check_fid_config(node, key: str = "metrics.fid") -> None:
+    """One-line ConfigErrors for a bad ``metrics.fid`` node, before anything is loaded."""
+    if node is None:
+        return
+    enabled = node.get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ConfigError(f"{key}.enabled: expected true, false or null, got {enabled!r}")
+    if not fid_enabled(node):
+        return
+    if node.features not in FEATURES:
+        raise ConfigError(f"{key}.features: {node.features!r} is not allowed (allowed: {', '.join(FEATURES)})")
+    for name in ("num_images",):
+        value = node.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+            raise ConfigError(f"{key}.{name}: expected an integer >= 2, got {value!r}")
+    every = node.get("every_n_val_epochs")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every <= 0):
+        raise ConfigError(f"{key}.every_n_val_epochs: expected a positive integer or null, got {every!r}")
+    if not isinstance(node.get("kid", False), bool):
+        raise ConfigError(f"{key}.kid: expected true or false, got {node.kid!r}")
+    if node.features == "domain" and not node.get("checkpoint"):
+        raise ConfigError(f"{key}.checkpoint: required when features=domain (the .ckpt of a model=classifier run)")
+    for name in ("checkpoint", "weights_path"):
+        path = node.get(name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{key}.{name}: {path} does not exist")
+
+
+def metric_callbacks(cfg, image_shape: tuple[int, ...] | None = None) -> list[pl.Callback]:
+    """Callbacks for the run's ``metrics`` config group (validated first); ``[]`` when all are off.
+
+    Loads the FID feature extractor now, so a bad checkpoint or missing weights fail before
+    training; ``image_shape`` (the data's ``(C, H, W)``) must match a domain extractor's input.
+    """
+    metrics = cfg.get("metrics") if cfg is not None else None
+    node = metrics.get("fid") if metrics else None
+    check_fid_config(node)
+    if not fid_enabled(node):
+        return []
+    evaluator = make_fid(node.features, checkpoint=node.get("checkpoint"), weights_path=node.get("weights_path"),
+                         kid=bool(node.get("kid", False)), kid_subset_size=min(1000, int(node.num_images)))
+    if image_shape is not None and evaluator.image_shape is not None:
+        needed, have = int(torch.tensor(evaluator.image_shape).prod()), int(torch.tensor(image_shape).prod())
+        if needed != have:
+            raise ConfigError(f"metrics.fid.checkpoint: the classifier takes images of shape {tuple(evaluator.image_shape)}, "
+                              f"this run's data gives {tuple(image_shape)} (train a classifier on the same data)")
+    log.info("metrics.fid: %s features on %d images%s", node.features, node.num_images,
+             f", every {node.every_n_val_epochs} validation epochs" if node.get("every_n_val_epochs") else " at test")
+    return [ReconstructionFID(evaluator, int(node.num_images), node.get("every_n_val_epochs"))]

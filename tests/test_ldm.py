@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +103,93 @@ def test_pixel_space_ldm_trains_on_mnist(cfg_factory):
     assert np.isfinite(metrics["test/loss"])
     model = LatentDiffusion.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
     assert model.first_stage is None and model.latent_shape == (1, 28, 28)
+
+
+def tiny_ldm(**kwargs) -> LatentDiffusion:
+    arguments = dict(input_shape=[1, 8, 8], unet={"_target_": "latentbench.models.ldm.build_unet", "block_out_channels": [16, 32]})
+    return LatentDiffusion(**{**arguments, **kwargs})
+
+
+@pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
+def test_forward_noising_matches_closed_form(schedule):
+    model = tiny_ldm(noise_scheduler={"_target_": "diffusers.DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": schedule})
+    steps = 1000
+    if schedule == "linear":  # Ho et al. 2020: beta_t linear from 1e-4 to 0.02
+        alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, steps))
+    else:  # Nichol & Dhariwal 2021: alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi/2), s = 0.008
+        f = lambda t: np.cos((t / steps + 0.008) / 1.008 * np.pi / 2) ** 2
+        betas = np.minimum(1 - f(np.arange(1, steps + 1)) / f(np.arange(steps)), 0.999)
+        alpha_bar = np.cumprod(1.0 - betas)
+    x0, eps = torch.randn(5, 1, 8, 8), torch.randn(5, 1, 8, 8)
+    t = torch.tensor([0, 10, 250, 500, 999])
+    noisy = model.noise_scheduler.add_noise(x0, eps, t)
+    a = torch.tensor(alpha_bar[t.numpy()], dtype=torch.float32).view(-1, 1, 1, 1)
+    torch.testing.assert_close(noisy, a.sqrt() * x0 + (1 - a).sqrt() * eps, rtol=1e-4, atol=1e-5)
+    velocity = model.noise_scheduler.get_velocity(x0, eps, t)  # the v-prediction target
+    torch.testing.assert_close(velocity, a.sqrt() * eps - (1 - a).sqrt() * x0, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_samplers_give_finite_images_of_the_right_shape(prediction_type):
+    model = tiny_ldm(conditioning="class", num_classes=10, prediction_type=prediction_type)
+    loss = model.diffusion_loss({"image": torch.rand(4, 1, 8, 8), "label": torch.arange(4)}, drop_probability=0.5)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for sampler, steps in (("ddim", 10), ("ddpm", 20), ("dpm", 10)):
+        images = model.sample([3, 7], per_condition=2, sampler=sampler, steps=steps, guidance_scale=3.0)
+        assert images.shape == (4, 1, 8, 8), sampler
+        assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+
+
+def test_fixed_seed_sample_grid_is_identical_across_calls():
+    model = tiny_ldm(conditioning="class", num_classes=10, sampling={"steps": 5, "per_condition": 2, "classes": [0, 5]})
+    first, requests = model.sample_grid(sampler="ddpm")
+    torch.manual_seed(999)  # the global RNG must not matter
+    second, _ = model.sample_grid(sampler="ddpm")
+    assert requests == [0, 5] and first.shape == (4, 1, 8, 8)
+    assert torch.equal(first, second)
+    other_seed, _ = model.sample_grid(sampler="ddpm", seed=1)
+    assert not torch.equal(first, other_seed)
+    # image i's starting noise depends on seed + i only: a 1-image call reproduces the first image
+    alone = model.sample([0], per_condition=1, sampler="ddim", steps=5, guidance_scale=3.0)
+    in_pair = model.sample([0, 5], per_condition=1, sampler="ddim", steps=5, guidance_scale=3.0)[0]
+    torch.testing.assert_close(alone[0], in_pair, atol=1e-4, rtol=0)  # batch size only changes float rounding
+
+
+def test_guidance_changes_class_samples():
+    model = tiny_ldm(conditioning="class", num_classes=10)
+    plain = model.sample([1, 2], steps=5, guidance_scale=1.0)
+    guided = model.sample([1, 2], steps=5, guidance_scale=5.0)
+    assert not torch.equal(plain, guided)
+
+
+def test_ldm_config_errors(cfg_factory, tmp_path, first_stage_checkpoint):
+    def error_of(*overrides: str) -> str:
+        with pytest.raises(ConfigError) as caught:
+            train(cfg_factory(*TINY_LDM, *overrides))
+        message = str(caught.value)
+        assert "\n" not in message
+        return message
+
+    assert error_of("model.conditioning=text").startswith("model.conditioning: 'text' needs image-text data with captions")
+    fits = f"model.first_stage.checkpoint={first_stage_checkpoint}"
+    assert error_of(fits, "model.unet.block_out_channels=[8,8,8,8]", "model.unet.attention=[false,false,false,false]").startswith(
+        "model.unet.block_out_channels: the latents of first_stage.checkpoint")
+    assert "are 4x4x4; a U-Net with 4 levels needs square sides divisible by 8" in error_of(
+        fits, "model.unet.block_out_channels=[8,8,8,8]", "model.unet.attention=[false,false,false,false]")
+    assert error_of("model.first_stage.checkpoint=/nonexistent/a.ckpt") == "model.first_stage.checkpoint: checkpoint /nonexistent/a.ckpt does not exist"
+    good = Path(first_stage_checkpoint) / "checkpoints" / "last.ckpt"
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert "is not a readable checkpoint" in error_of(f"model.first_stage.checkpoint={truncated}")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "latentbench_model_class": "latentbench.models.ae.AutoEncoder"}, foreign)
+    assert error_of(f"model.first_stage.checkpoint={foreign}").endswith(
+        "holds a latentbench.models.ae.AutoEncoder checkpoint, expected latentbench.models.ae_kl.AutoencoderKL")
+    if MNIST_ROOT.is_dir():
+        assert "was trained on images of shape [1, 8, 8], but the data gives [1, 28, 28]" in error_of(fits, *MNIST_SLICE[:2])
+
+
+def test_class_conditioning_needs_classes():
+    with pytest.raises(ValueError, match=r"conditioning: 'class' needs labelled data with classes, but this data module has num_classes=None"):
+        tiny_ldm(conditioning="class", num_classes=None)

@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from latentbench.checkpoints import read_checkpoint
 from latentbench.metrics import reconstruction_metrics
 from latentbench.models.ae_kl import AutoencoderKL
 from latentbench.models.base import DEFAULT_OPTIMIZER, check_positive
@@ -111,21 +112,6 @@ def resolve_checkpoint(path: str) -> str:
     return str(run / "checkpoints" / "last.ckpt")
 
 
-def read_checkpoint(path: str, key: str) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` of a Lightning checkpoint; a one-line ValueError for a
-    missing, truncated or foreign file."""
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"{key}: {path} does not exist (expected a .ckpt written by latentbench train)")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # zip/pickle errors of truncated or non-torch files
-        raise ValueError(f"{key}: {path} cannot be read as a torch checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:120]})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ValueError(f"{key}: {path} is not a Lightning checkpoint (no state_dict/hyper_parameters)")
-    return checkpoint
-
-
 def load_first_stage(spec: dict[str, Any]) -> tuple[AutoencoderKL | None, dict[str, Any]]:
     """``(frozen ae_kl or None for pixel space, spec to save)`` from ``{"checkpoint": path}``.
 
@@ -137,10 +123,8 @@ def load_first_stage(spec: dict[str, Any]) -> tuple[AutoencoderKL | None, dict[s
         return None, {"checkpoint": None}
     if config is None:
         checkpoint_path = resolve_checkpoint(checkpoint_path)
-        checkpoint = read_checkpoint(checkpoint_path, "first_stage.checkpoint")
+        checkpoint = read_checkpoint(checkpoint_path, "model.first_stage.checkpoint", expected=AutoencoderKL)
         config = dict(checkpoint["hyper_parameters"])
-        if "factor" not in config or "latent_channels" not in config:
-            raise ValueError(f"first_stage.checkpoint: {checkpoint_path} is not an ae_kl checkpoint (its hyperparameters lack factor/latent_channels)")
         model = AutoencoderKL(**config)
         try:
             model.load_state_dict(checkpoint["state_dict"])
@@ -170,7 +154,7 @@ def load_text_encoder(spec: dict[str, Any]) -> tuple[nn.Module, Any, dict[str, A
             raise ValueError("text_encoder: text conditioning needs text_encoder.checkpoint (a model=clip run) or text_encoder.model_name (+ pretrained)")
         clip, tokenizer = load_clip(checkpoint=spec.get("checkpoint"), model_name=spec.get("model_name"), pretrained=spec.get("pretrained"))
         if spec.get("checkpoint") is not None:
-            model_cfg = dict(read_checkpoint(spec["checkpoint"], "text_encoder.checkpoint")["hyper_parameters"]["model_cfg"])
+            model_cfg = dict(read_checkpoint(spec["checkpoint"], "model.text_encoder.checkpoint")["hyper_parameters"]["model_cfg"])
         return clip, tokenizer, {**spec, "model_cfg": model_cfg}
     clip = open_clip.CLIP(**model_cfg)
     context_length = clip.positional_embedding.shape[0]

@@ -15,6 +15,7 @@ log = logging.getLogger("latentbench")
 
 SUBCOMMANDS = {
     "train": "train and test one run (or a Hydra multirun with -m); arguments are Hydra overrides",
+    "sample": "images from a latent diffusion checkpoint: checkpoint=<ckpt> output=<dir> [classes=[..]|prompts=[..]] ...",
 }
 
 USAGE = "usage: latentbench <subcommand> [args]\n\nsubcommands:\n" + "\n".join(
@@ -204,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "train":
             return run_train(rest)
+        if command == "sample":
+            from latentbench.sample import run_sample
+
+            return run_sample(rest)
     except ConfigError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -271,4 +271,6 @@ def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     if not key:
         return None
     value = metrics.get(key)
+    if value is None and metrics.get("status") == "finished":
+        log.warning("optimized_metric: %s is not among this run's metrics (e.g. model=classifier: use optimized_metric=test/loss)", key)
     return float(value) if value is not None else math.nan

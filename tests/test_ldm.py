@@ -279,3 +279,23 @@ def test_sample_command_errors(class_ldm_run, capsys, arguments, message):
     assert main(["sample", *arguments]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}"), err
+
+
+# a tiny random open_clip CLIP: its frozen text tower gives per-token states (B, 16, 32)
+TINY_CLIP = "{embed_dim:16,vision_cfg:{image_size:16,layers:1,width:32,head_width:16,patch_size:8},text_cfg:{context_length:16,width:32,heads:2,layers:1}}"
+SHAPES = ["data=shapes", "data.image_size=16", "data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32"]
+
+
+def test_text_conditioned_ldm_trains_on_shapes(cfg_factory, tmp_path):
+    cfg = cfg_factory(*TINY_LDM, *SHAPES, "model.conditioning=text", f"+model.text_encoder.model_cfg={TINY_CLIP}")
+    metrics = train(cfg)
+    assert np.isfinite(metrics["test/loss"])
+    model = LatentDiffusion.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
+    states = model.conditioner.encode(["a large red circle on a blue background, top left", ""], torch.device("cpu"))
+    assert states.shape == (2, 16, 32) and not torch.allclose(states[0], states[1])
+    prompts = model.hparams.sampling["prompts"]  # fixed from the validation captions at fit start
+    assert len(prompts) == 4 and all(" on a " in p for p in prompts)
+    images = model.sample(prompts[:2], per_condition=2, sampler="ddim", steps=5, guidance_scale=3.0)
+    assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
+    grid = np.asarray(Image.open(sorted((tmp_path / "images").glob("val_samples_*.png"))[0]))
+    assert grid.shape[0] == 4 * 32 + 5  # one row per prompt

@@ -41,6 +41,8 @@ PredictionType = Literal["epsilon", "v_prediction"]
 Sampler = Literal["ddpm", "ddim", "dpm"]
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 DEFAULT_NOISE_SCHEDULER = {"_target_": "diffusers.DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"}
+DEFAULT_FID = {"enabled": False, "features": "domain", "checkpoint": None, "weights_path": None, "num_samples": 256,
+               "batch_size": 64}
 DEFAULT_UNET = {"_target_": "latentbench.models.ldm.build_unet"}
 DEFAULT_SAMPLING = {"every_n_epochs": 1, "sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "seed": 0,
                     "per_condition": 4, "prompts": None, "classes": None}
@@ -232,6 +234,9 @@ class LatentDiffusion(pl.LightningModule):
             self.ema.requires_grad_(False)
         self.register_buffer("latent_std", torch.tensor(1.0))
         self.register_buffer("latent_std_measured", torch.tensor(False))
+        self.fid_options = {**DEFAULT_FID, **(fid or {})}
+        self._fid = [self._build_fid()]  # a list: kept out of the module tree, so not in checkpoints
+        self._real: dict[str, list] = {"image": [], "label": [], "caption": []}
         self.val_metrics = reconstruction_metrics("val/first_stage/", True)
         self.test_metrics = reconstruction_metrics("test/first_stage/", True)
 
@@ -251,6 +256,16 @@ class LatentDiffusion(pl.LightningModule):
             prompts = (self.hparams.get("sampling") or {}).get("prompts")
             return TextConditioning(clip, tokenizer, prompts)
         raise ValueError(f"conditioning: {conditioning!r} is not allowed (allowed: none, class, text)")
+
+    def _build_fid(self):
+        """The sample-FID evaluator of ``latentbench.evaluation.fid`` when ``fid.enabled``, else None."""
+        options = self.fid_options
+        if not options["enabled"]:
+            return None
+        check_positive("fid.num_samples", options["num_samples"])
+        from latentbench.evaluation.fid import make_fid
+
+        return make_fid(options["features"], checkpoint=options["checkpoint"], weights_path=options["weights_path"], key="model.fid")
 
     def _latent_shape(self) -> tuple[int, int, int]:
         if self.first_stage is None:
@@ -294,6 +309,17 @@ class LatentDiffusion(pl.LightningModule):
         images = (latents + 1.0) / 2.0 if self.first_stage is None else self.first_stage.decode_latents(latents)
         return images.clamp(0.0, 1.0)
 
+    def choose_prompts(self, loader, count: int = 4) -> None:
+        """Fix the sample grid's prompts to the first ``count`` distinct validation captions (saved in hparams)."""
+        prompts: list[str] = []
+        for batch in loader:
+            prompts += [c for c in batch["caption"] if c and c not in prompts]
+            if len(prompts) >= count:
+                break
+        self.sampling["prompts"] = prompts[:count]
+        self.hparams["sampling"] = {**(self.hparams.get("sampling") or {}), "prompts": prompts[:count]}
+        log.info("sample grid prompts (from the validation captions): %s", prompts[:count])
+
     @torch.no_grad()
     def measure_latent_std(self, loader) -> float:
         """Standard deviation of the first stage's latents over the first ``latent_std_batches`` batches."""
@@ -309,6 +335,8 @@ class LatentDiffusion(pl.LightningModule):
         return math.sqrt(max(total_sq / count - mean**2, 1e-12))
 
     def on_fit_start(self) -> None:
+        if isinstance(self.conditioner, TextConditioning) and not self.sample_requests():
+            self.choose_prompts(self.trainer.datamodule.val_dataloader())
         if bool(self.latent_std_measured):
             return
         std = self.measure_latent_std(self.trainer.datamodule.train_dataloader())
@@ -355,7 +383,48 @@ class LatentDiffusion(pl.LightningModule):
             metrics = self.val_metrics if stage == "val" else self.test_metrics
             metrics.update(reconstruction.float(), images.float())
             self.log_dict(metrics, batch_size=len(images))
+        self._keep_real(batch)
         return {"reconstruction": reconstruction, "codes": latents.flatten(1)}
+
+    def _keep_real(self, batch: dict) -> None:
+        """The first ``fid.num_samples`` evaluation images (and their labels/captions), for sample FID."""
+        if self._fid[0] is None:
+            return
+        room = self.fid_options["num_samples"] - sum(len(x) for x in self._real["image"])
+        if room <= 0:
+            return
+        self._real["image"].append(batch["image"][:room].detach().cpu())
+        self._real["label"].extend(batch["label"][:room].tolist())
+        self._real["caption"].extend(list(batch.get("caption", []))[:room])
+
+    def on_validation_epoch_start(self) -> None:
+        self._real = {"image": [], "label": [], "caption": []}
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def sample_fid(self) -> dict[str, float]:
+        """FID of samples vs the kept evaluation images, sampling the same classes/captions they have.
+
+        Uses the configured sampler, steps, guidance and seed, so the number is comparable across
+        epochs; the keys are the evaluator's (``fid_domain`` / ``fid_inception``).
+        """
+        evaluator = self._fid[0].to(self.device)
+        evaluator.reset()
+        real = torch.cat(self._real["image"])
+        if isinstance(self.conditioner, ClassConditioning):
+            requests = self._real["label"]
+        elif isinstance(self.conditioner, TextConditioning):
+            requests = self._real["caption"]
+        else:
+            requests = None
+        options = {key: self.sampling[key] for key in ("sampler", "steps", "guidance_scale")}
+        size = self.fid_options["batch_size"]
+        for start in range(0, len(real), size):
+            chunk = None if requests is None else list(requests[start : start + size])
+            count = min(size, len(real) - start)
+            fake = self.sample(chunk, per_condition=1 if chunk is not None else count, seed=self.sampling["seed"] + start, **options)
+            evaluator.update(real[start : start + count].to(self.device), fake)
+        return evaluator.compute()
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, batch_idx, "val")
@@ -434,10 +503,14 @@ class LatentDiffusion(pl.LightningModule):
         if self.trainer.sanity_checking or not every or (self.current_epoch + 1) % every:
             return
         self.log_samples("val/samples")
+        if self._fid[0] is not None and self._real["image"]:
+            self.log_dict({f"val/sample_{k}": v for k, v in self.sample_fid().items()})
 
     def on_test_epoch_end(self) -> None:
         if self.sampling.get("every_n_epochs"):
             self.log_samples("test/samples")
+        if self._fid[0] is not None and self._real["image"]:
+            self.log_dict({f"test/sample_{k}": v for k, v in self.sample_fid().items()})
 
     def log_samples(self, key: str) -> None:
         """Log the fixed-seed sample grid (one row per class/prompt) with ``tracking.log_image``."""

@@ -299,3 +299,18 @@ def test_text_conditioned_ldm_trains_on_shapes(cfg_factory, tmp_path):
     assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
     grid = np.asarray(Image.open(sorted((tmp_path / "images").glob("val_samples_*.png"))[0]))
     assert grid.shape[0] == 4 * 32 + 5  # one row per prompt
+
+
+def test_sample_fid_with_domain_features(cfg_factory, tmp_path_factory):
+    classifier_run = tmp_path_factory.mktemp("classifier")
+    clf = train(make_cfg([*FAST, "model=classifier", "model.channels=[8,16]", "model.feature_dim=16", "data.limit=256"], classifier_run))
+    GlobalHydra.instance().clear()
+    cfg = cfg_factory(*TINY_LDM, "model.conditioning=class", "model.sampling.steps=2", "model.fid.enabled=true",
+                      f"model.fid.checkpoint='{clf['checkpoint']}'", "model.fid.num_samples=20", "model.fid.batch_size=10")
+    metrics = train(cfg)
+    assert np.isfinite(metrics["test/sample_fid_domain"]) and metrics["test/sample_fid_domain"] > 0
+
+
+def test_fid_without_classifier_checkpoint_is_one_line(cfg_factory):
+    with pytest.raises(ConfigError, match=r"^model\.fid\.checkpoint: required when features=domain"):
+        train(cfg_factory(*TINY_LDM, "model.fid.enabled=true"))

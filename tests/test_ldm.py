@@ -314,3 +314,16 @@ def test_sample_fid_with_domain_features(cfg_factory, tmp_path_factory):
 def test_fid_without_classifier_checkpoint_is_one_line(cfg_factory):
     with pytest.raises(ConfigError, match=r"^model\.fid\.checkpoint: required when features=domain"):
         train(cfg_factory(*TINY_LDM, "model.fid.enabled=true"))
+
+
+def test_sample_command_logs_to_the_runs_wandb(cfg_factory, tmp_path):
+    from latentbench.cli import main
+
+    metrics = train(cfg_factory(*TINY_LDM, "logger=wandb", "model.sampling.every_n_epochs=0", "model.ema_decay=null"))
+    out = tmp_path / "samples"
+    assert main(["sample", f"checkpoint={tmp_path}", f"output={out}", "steps=3", "per_condition=3"]) == 0
+    record = json.loads((out / "samples.json").read_text())
+    assert record["wandb_run_id"] == metrics["wandb_run_id"]
+    assert [image["file"] for image in record["images"]] == ["sample_000.png", "sample_001.png", "sample_002.png"]
+    logged = list((tmp_path / "wandb").glob(f"offline-run-*-{metrics['wandb_run_id']}/files/media/images/samples/grid_*.png"))
+    assert logged, "the grid did not reach the training run's W&B files"

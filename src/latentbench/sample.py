@@ -98,6 +98,15 @@ def requests_of(model, options: dict[str, Any]) -> list | None:
     return [str(r) for r in requests]
 
 
+def image_name(requests: list | None, row: int, column: int, index: int) -> str:
+    """``class3_00.png`` (class models), ``prompt01_00.png`` (text; samples.json maps it to its prompt), ``sample_007.png``."""
+    if requests is None:
+        return f"sample_{index:03d}.png"
+    if isinstance(requests[row], int):
+        return f"class{requests[row]}_{column:02d}.png"
+    return f"prompt{row:02d}_{column:02d}.png"
+
+
 def save_images(images: torch.Tensor, requests: list | None, per_condition: int, output: Path) -> dict[str, Any]:
     """``grid.png`` + one PNG per image under ``output``; returns the file index for samples.json."""
     from PIL import Image
@@ -112,7 +121,7 @@ def save_images(images: torch.Tensor, requests: list | None, per_condition: int,
     files = []
     for index, image in enumerate(images.float().cpu()):
         row, column = divmod(index, per_row)
-        name = f"{'row' if requests is None else 'cond'}{row:02d}_{column:02d}.png"
+        name = image_name(requests, row, column, index)
         pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(output / name)
         files.append({"file": name, "condition": None if requests is None else requests[row], "index": column})

@@ -191,6 +191,11 @@ def test_ldm_config_errors(cfg_factory, tmp_path, first_stage_checkpoint):
         assert "was trained on images of shape [1, 8, 8], but the data gives [1, 28, 28]" in error_of(fits, *MNIST_SLICE[:2])
 
 
+def test_unknown_option_keys_are_refused(cfg_factory):
+    with pytest.raises(ConfigError, match=r"^model\.sampling\.stpes: unknown key \(allowed: every_n_epochs, sampler, steps"):
+        train(cfg_factory(*TINY_LDM, "+model.sampling.stpes=3"))
+
+
 def test_class_conditioning_needs_classes():
     with pytest.raises(ValueError, match=r"conditioning: 'class' needs labelled data with classes, but this data module has num_classes=None"):
         tiny_ldm(conditioning="class", num_classes=None)

@@ -48,6 +48,13 @@ DEFAULT_SAMPLING = {"every_n_epochs": 1, "sampler": "ddim", "steps": 50, "guidan
                     "per_condition": 4, "prompts": None, "classes": None}
 
 
+def check_keys(name: str, options: dict | None, allowed) -> None:
+    """Refuse a key of a plain (non-``_target_``) option dict that nothing reads, e.g. a typo."""
+    for key in options or {}:
+        if key not in allowed:
+            raise ValueError(f"{name}.{key}: unknown key (allowed: {', '.join(allowed)})")
+
+
 def build_unet(
     sample_size: int,
     in_channels: int,
@@ -219,6 +226,10 @@ class LatentDiffusion(pl.LightningModule):
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay: must lie in (0, 1) or be null, got {ema_decay}")
         check_positive("latent_std_batches", latent_std_batches)
+        check_keys("first_stage", first_stage, ("checkpoint", "config"))
+        check_keys("sampling", sampling, DEFAULT_SAMPLING)
+        check_keys("fid", fid, DEFAULT_FID)
+        check_keys("text_encoder", text_encoder, ("checkpoint", "model_name", "pretrained", "model_cfg"))
         self.conditioner = self._build_conditioner(conditioning, num_classes, has_captions, text_encoder or {})
         self.first_stage, self.hparams["first_stage"] = load_first_stage(first_stage or {})
         self.latent_shape = self._latent_shape()

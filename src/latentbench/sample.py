@@ -166,7 +166,7 @@ def sample(options: dict[str, Any]) -> dict[str, Any]:
 
 def run_sample(args: list[str]) -> int:
     if any(arg in ("-h", "--help") for arg in args):
-        print("usage:" + USAGE)
+        print("usage: " + USAGE.strip())
         return 0
     record = sample(parse_arguments(args))
     print(f"wrote {len(record['images'])} samples and {Path(record['output']) / 'grid.png'}")

@@ -25,6 +25,8 @@ SUBCOMMANDS = {
               "run a W&B sweep file: W&B sweep + agent online, the same search space via Hydra multirun offline"),
     "report": ("latentbench.report:main",
                "tables (Markdown, LaTeX, CSV, HTML) and plots from run directories or a W&B project/sweep"),
+    "sample": ("latentbench.sample:run_sample",
+               "images from a latent diffusion checkpoint: checkpoint=<ckpt> output=<dir> [classes=[..]|prompts=[..]] ..."),
 }
 
 USAGE = "usage: latentbench <subcommand> [args]\n\nsubcommands:\n" + "\n".join(

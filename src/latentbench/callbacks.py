@@ -51,8 +51,8 @@ class ReconstructionGrid(pl.Callback):
         self.num_images = num_images
 
     def _log(self, trainer: pl.Trainer, batch: dict, outputs: dict, key: str) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not outputs:
-            return
+        if trainer.sanity_checking or not trainer.is_global_zero or not outputs or "reconstruction" not in outputs:
+            return  # also for models without reconstructions (classifiers)
         shape = trainer.datamodule.image_shape
         n = min(self.num_images, len(batch["image"]))
         rows = [to_images(batch.get("input", batch["image"])[:n], shape), to_images(outputs["reconstruction"][:n], shape)]
@@ -116,7 +116,7 @@ class EmbeddingPlot(pl.Callback):
         self.codes, self.labels = [], []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if outputs and sum(len(c) for c in self.codes) < self.max_points:
+        if outputs and "codes" in outputs and sum(len(c) for c in self.codes) < self.max_points:
             self.codes.append(outputs["codes"].float().cpu())
             self.labels.append(batch["label"].cpu())
 

@@ -15,6 +15,8 @@ log = logging.getLogger("latentbench")
 
 SUBCOMMANDS = {
     "train": "train and test one run (or a Hydra multirun with -m); arguments are Hydra overrides",
+    "sweep": "run a W&B sweep file: W&B sweep + agent online, the same search space via Hydra multirun offline",
+    "report": "tables (Markdown, LaTeX, CSV, HTML) and plots from run directories or a W&B project/sweep",
 }
 
 USAGE = "usage: latentbench <subcommand> [args]\n\nsubcommands:\n" + "\n".join(
@@ -154,9 +156,10 @@ def run_train(args: list[str]) -> int:
     """
     from hydra._internal.utils import _run_hydra, get_args_parser
 
-    from latentbench.train import TrainingFailed, objective, train
+    from latentbench.sweep import safe_overrides
+    from latentbench.train import TrainingFailed, objective, record_failure, train
 
-    args = expand_resume(quote_numeric_choices(args))
+    args = expand_resume(quote_numeric_choices(safe_overrides(args)))
     preflight(args)
     failures: list[int] = []  # exit code of each failed job
 
@@ -171,6 +174,11 @@ def run_train(args: list[str]) -> int:
             if os.environ.get("HYDRA_FULL_ERROR") == "1" and not multirun:
                 raise
             print(f"error: {error}", file=sys.stderr)
+            if multirun:  # a sweep's trial with bad hyperparameters: recorded as failed, the sweep goes on
+                try:
+                    record_failure(Path(cfg.paths.output_dir), cfg, error)
+                except Exception:  # noqa: BLE001 (a config too broken to name its output dir or seed)
+                    pass
             failures.append(2)
             return float("nan")
         except TrainingFailed as error:
@@ -204,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "train":
             return run_train(rest)
+        if command == "sweep":
+            from latentbench.sweep import main as sweep_main
+
+            return sweep_main(rest)
+        if command == "report":
+            from latentbench.report import main as report_main
+
+            return report_main(rest)
     except ConfigError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -14,10 +14,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentbench.callbacks import BestValidationMetrics, RngStateCheckpoint, StopOnNonFiniteLoss
+from latentbench.checkpoints import ModelClassInCheckpoint, read_checkpoint
 from latentbench.config_check import check_config
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
-from latentbench.tracking import git_commit, wandb_loggers, write_metrics_json
+from latentbench.tracking import git_commit, scrub, scrub_files, wandb_loggers, write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     log.info("model: %s", cfg.model._target_)
     model = build(cfg.model, "model", **data_arguments(cfg.model, datamodule), _recursive_=False, _convert_="all")
     callbacks = build_callbacks(cfg)
-    for always in (BestValidationMetrics, RngStateCheckpoint):
+    for always in (BestValidationMetrics, RngStateCheckpoint, ModelClassInCheckpoint):
         if not any(isinstance(c, always) for c in callbacks):
             callbacks.append(always())
     callbacks.insert(0, StopOnNonFiniteLoss())  # first: no later callback may checkpoint a NaN state
@@ -192,6 +193,9 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         raise ConfigError(f"resume: {cfg.paths.output_dir} has no checkpoints/last.ckpt to resume from")
+    from hydra.utils import get_class
+
+    read_checkpoint(checkpoint, "resume", expected=get_class(cfg.model._target_))
     return str(checkpoint)
 
 
@@ -253,10 +257,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         if trainer.is_global_zero:
             write_run_info(output_dir, cfg, objects, "running")
+        scrub_files(sorted((output_dir / ".hydra").glob("*.yaml")))
         for logger in objects["loggers"]:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=False)
+            logger.log_hyperparams(scrub(OmegaConf.to_container(cfg, resolve=True)))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=True)
         metrics = collect_metrics(cfg, trainer, test_results, objects)
         if trainer.is_global_zero:
             write_metrics_json(output_dir / "metrics.json", metrics)
@@ -283,4 +288,6 @@ def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     if not key:
         return None
     value = metrics.get(key)
+    if value is None and metrics.get("status") == "finished":
+        log.warning("optimized_metric: %s is not among this run's metrics (e.g. model=classifier: use optimized_metric=test/loss)", key)
     return float(value) if value is not None else math.nan

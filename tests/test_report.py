@@ -1,0 +1,187 @@
+"""``latentbench report``: aggregation over seeds, failed/missing runs, the four formats, plots, HTML in a browser."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from omegaconf import OmegaConf
+from PIL import Image
+
+from latentbench.cli import main as cli_main
+from latentbench.report import main as report_main
+from latentbench.train import train
+from tests.conftest import make_cfg
+
+# 2 configs x 3 seeds: (model target, latent_dim, seed) -> recon_sse
+SSE = {
+    ("latentbench.models.ae.AutoEncoder", 8, 1): 10.0, ("latentbench.models.ae.AutoEncoder", 8, 2): 12.0,
+    ("latentbench.models.ae.AutoEncoder", 8, 3): 14.0,
+    ("latentbench.models.pca.PCA", 8, 1): 20.0, ("latentbench.models.pca.PCA", 8, 2): 20.5,
+    ("latentbench.models.pca.PCA", 8, 3): 21.5,
+}
+
+
+def write_run(run_dir: Path, config: dict, metrics: dict | None, image: bool = False) -> None:
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    if image:
+        (run_dir / "images").mkdir()
+        for step, shade in ((2, 50), (7, 200)):
+            Image.fromarray(np.full((16, 32, 3), shade, np.uint8)).save(run_dir / "images" / f"test_reconstructions_{step:06d}.png")
+
+
+@pytest.fixture
+def multirun(tmp_path) -> Path:
+    """A Hydra-multirun-shaped folder: 6 finished runs, one failed run, one killed run, one run without model.latent_dim."""
+    root = tmp_path / "multirun" / "2026-01-01_00-00-00"
+    for n, ((target, latent, seed), sse) in enumerate(SSE.items()):
+        config = {"model": {"_target_": target, "latent_dim": latent}, "seed": seed, "data": {"limit": 100}}
+        write_run(root / str(n), config, {"status": "finished", "test/recon_sse": sse, "test/psnr": 30 - sse, "seed": seed}, image=n == 0)
+    write_run(root / "6", {"model": {"_target_": "latentbench.models.ae.AutoEncoder", "latent_dim": 8}, "seed": 4},
+              {"status": "failed", "error": "NonFiniteLossError: train/loss is nan at step 3"})
+    write_run(root / "7", {"model": {"_target_": "latentbench.models.ae.AutoEncoder", "latent_dim": 8}, "seed": 5}, None)
+    write_run(root / "8", {"model": {"_target_": "latentbench.models.pca.PCA"}, "seed": 1},
+              {"status": "finished", "test/recon_sse": 40.0, "test/psnr": 1.0})
+    return root
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_mean_std_and_n_over_seeds(multirun, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert report_main([str(multirun), "--group-by", "model._target_", "model.latent_dim", "--metrics", "test/recon_sse", "test/psnr",
+                        "--out", str(out)]) == 0
+    rows = {(r["model._target_"], r["model.latent_dim"]): r for r in read_csv(out / "table.csv")}
+    ae = rows[("AutoEncoder", "8")]
+    assert float(ae["test/recon_sse mean"]) == pytest.approx(12.0)
+    assert float(ae["test/recon_sse std"]) == pytest.approx(statistics.stdev([10, 12, 14]))
+    assert ae["n"] == "3" and ae["failed"] == "2"  # one failed, one without metrics.json
+    pca = rows[("PCA", "8")]
+    assert float(pca["test/recon_sse mean"]) == pytest.approx(np.mean([20, 20.5, 21.5]))
+    assert float(pca["test/psnr std"]) == pytest.approx(np.std([10, 9.5, 8.5], ddof=1))
+    assert pca["n"] == "3"
+    blank = rows[("PCA", "")]  # config without model.latent_dim: blank cell, its own row
+    assert float(blank["test/recon_sse mean"]) == 40.0 and blank["n"] == "1"
+
+    markdown = (out / "table.md").read_text()
+    assert "| AutoEncoder | 8 | 12.000 ± 2.000 | 18.000 ± 2.000 | 3 | 2 |" in markdown
+    assert "| PCA |  | 40.000 | 1.000 | 1 |  |" in markdown
+    assert "6: failed (NonFiniteLossError: train/loss is nan at step 3)" in markdown
+    assert "7: missing (no metrics.json" in markdown
+    assert "12.000 ± 2.000" in capsys.readouterr().out
+
+    latex = (out / "table.tex").read_text()
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{llrrrr}"):
+        assert rule in latex
+    assert r"AutoEncoder & 8 & $12.000 \pm 2.000$ & $18.000 \pm 2.000$ & 3 & 2 \\" in latex
+    assert r"model.\_target\_" in latex
+
+
+def test_group_of_only_failed_runs_shows_failed_cells(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root / "a", {"model": {"_target_": "x.Bad"}, "seed": 1}, {"status": "failed", "error": "ValueError: lr"})
+    write_run(root / "b", {"model": {"_target_": "x.Killed"}, "seed": 1}, None)
+    write_run(root / "c", {"model": {"_target_": "x.Good"}, "seed": 1}, {"status": "finished", "test/recon_sse": 1.5})
+    report_main([str(root), "--metrics", "test/recon_sse", "test/ssim", "--out", str(tmp_path / "r")])
+    markdown = (tmp_path / "r" / "table.md").read_text()
+    assert "| Bad | failed | failed | 0 | 1 |" in markdown
+    assert "| Killed | missing | missing | 0 | 1 |" in markdown
+    assert "| Good | 1.500 | missing | 1 |  |" in markdown  # finished, but test/ssim was never logged
+
+
+def test_reference_column_and_plot(multirun, tmp_path):
+    reference = tmp_path / "reference.yaml"
+    reference.write_text(yaml.safe_dump({
+        "source": "Some et al. 2006, Table 1",
+        "rows": [{"match": {"model._target_": "PCA", "model.latent_dim": 8}, "values": {"test/recon_sse": 13.87}}],
+    }))
+    out = tmp_path / "r"
+    report_main([str(multirun), "--group-by", "model._target_", "--metrics", "test/recon_sse", "--reference", str(reference),
+                 "--plot", "test/recon_sse", "--against", "seed", "--out", str(out)])
+    rows = read_csv(out / "table.csv")
+    assert rows[0]["model._target_"] == "AutoEncoder" and rows[0]["test/recon_sse (paper)"] == ""
+    assert rows[1]["model._target_"] == "PCA"
+    # the PCA group also holds the run without latent_dim, so the reference row (latent_dim 8) does not match it
+    assert rows[1]["test/recon_sse (paper)"] == ""
+    report_main([str(multirun), "--group-by", "model._target_", "model.latent_dim", "--metrics", "test/recon_sse",
+                 "--reference", str(reference), "--out", str(out)])
+    paper = {(r["model._target_"], r["model.latent_dim"]): r["test/recon_sse (paper)"] for r in read_csv(out / "table.csv")}
+    assert paper == {("AutoEncoder", "8"): "", ("PCA", "8"): "13.87", ("PCA", ""): ""}
+    assert "Some et al. 2006, Table 1" in (out / "table.md").read_text()
+    with Image.open(out / "test_recon_sse_vs_seed.png") as image:
+        assert image.size[0] > 300 and len(set(image.convert("L").getdata())) > 10
+
+
+def test_html_is_self_contained_with_latest_images(multirun, tmp_path):
+    out = tmp_path / "r"
+    report_main([str(multirun), "--format", "html", "--plot", "test/psnr", "--against", "seed", "--out", str(out)])
+    page = (out / "table.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # the plot and run 0's newest grid (step 7, not step 2)
+    assert "src='http" not in page and "<script" not in page and "<link" not in page
+    assert "test_reconstructions" in page and "failed" in page
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
+def test_html_renders_in_headless_chromium(multirun, tmp_path):
+    out = tmp_path / "r"
+    report_main([str(multirun), "--format", "html", "--plot", "test/psnr", "--against", "seed", "--out", str(out)])
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1200,900",
+                    (out / "table.html").resolve().as_uri()], capture_output=True, timeout=120, check=False)
+    with Image.open(shot) as image:
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.shape == (900, 1200)
+    assert (pixels < 128).mean() > 0.005  # text and the plot drew dark pixels on the white page
+
+
+def test_report_on_real_runs(tmp_path):
+    """Two real PCA runs (2 seeds) and a real AE run, written as Hydra would, then reported."""
+    root = tmp_path / "multirun"
+    for n, (model, seed) in enumerate([("pca", 1), ("pca", 2), ("ae", 1)]):
+        run_dir = root / str(n)
+        extra = ["model.n_components=8"] if model == "pca" else []
+        cfg = make_cfg(["trainer=cpu", "logger=none", "trainer.max_epochs=1", "data.limit=200", f"model={model}", f"seed={seed}", *extra], run_dir)
+        metrics = train(cfg)
+        (run_dir / ".hydra").mkdir()
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+        if model == "pca":
+            expected = metrics["test/recon_sse"]
+    out = tmp_path / "r"
+    report_main([str(root), "--group-by", "model._target_", "model.n_components", "--metrics", "test/recon_sse", "--out", str(out),
+                 "--format", "csv", "html"])
+    rows = {r["model._target_"]: r for r in read_csv(out / "table.csv")}
+    assert rows["PCA"]["n"] == "2" and rows["PCA"]["model.n_components"] == "8"
+    assert float(rows["PCA"]["test/recon_sse mean"]) == pytest.approx(expected, rel=1e-6)  # PCA is exact: seeds agree
+    assert rows["AutoEncoder"]["model.n_components"] == "" and rows["AutoEncoder"]["n"] == "1"
+    assert "test_reconstructions" in (out / "table.html").read_text()
+
+
+def test_wandb_source_offline_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert cli_main(["report", "wandb:someone/latentbench"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "W&B API online" in err and "WANDB_API_KEY" in err
+
+
+def test_missing_source_and_plot_without_against(tmp_path, capsys):
+    assert cli_main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["report", str(tmp_path / "empty")]) == 2
+    assert "no runs under" in capsys.readouterr().err
+    write_run(tmp_path / "one", {"seed": 1}, {"status": "finished", "test/recon_sse": 1.0})
+    assert cli_main(["report", str(tmp_path / "one"), "--plot", "test/recon_sse"]) == 2
+    assert "--against" in capsys.readouterr().err

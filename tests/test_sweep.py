@@ -1,0 +1,131 @@
+"""``latentbench sweep``: one W&B sweep file, run locally through Hydra multirun when W&B is offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+from latentbench.cli import main, quote_numeric_choices
+from latentbench.compose import compose_run_config
+from latentbench.sweep import load_sweep, local_args, safe_override
+from tests.conftest import REPO
+
+TINY = ["trainer=cpu", "logger=none", "trainer.max_epochs=1", "data.limit=200"]
+
+
+def write_sweep(tmp_path: Path, **fields) -> Path:
+    sweep = {"name": "t", "method": "grid", "metric": {"name": "test/recon_sse", "goal": "minimize"},
+             "command": ["${env}", "latentbench", "train", "model=ae", "${args_no_hyphens}"], **fields}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def test_offline_grid_runs_every_trial_and_lists_the_failed_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = write_sweep(tmp_path, parameters={"model.latent_dim": {"values": [8, 100]}})  # 100 > 64 pixels: refused
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "sweep t (grid, 2 trials)" in printed
+    lines = {line.split()[0]: line for line in printed.splitlines() if line.strip()[:1].isdigit()}
+    assert "finished" in lines["0"] and "model.latent_dim=8" in lines["0"]
+    assert "failed" in lines["1"] and "model.latent_dim: 100 is larger than the input size 64" in lines["1"]
+    finished = json.loads((out / "0" / "metrics.json").read_text())
+    assert finished["status"] == "finished" and finished["test/recon_sse"] > 0
+    assert f"{finished['test/recon_sse']:.6g}" in lines["0"]
+    failed = json.loads((out / "1" / "metrics.json").read_text())
+    assert failed["status"] == "failed" and "larger than the input size" in failed["error"]
+    config = yaml.safe_load((out / "0" / ".hydra" / "config.yaml").read_text())
+    assert config["logger"]["wandb"]["group"] == "t"  # the sweep name is the W&B group of every trial
+    assert config["run_name"] == "t_${hydra:job.num}"
+
+
+def test_offline_random_sweep_runs_optuna_with_the_sweep_metric(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "out"
+    assert main(["sweep", str(REPO / "sweeps" / "ae_random.yaml"), "--count", "2", "--out", str(out), *TINY]) == 0
+    results = yaml.safe_load((out / "optimization_results.yaml").read_text())
+    values = [json.loads((out / str(n) / "metrics.json").read_text())["test/recon_sse"] for n in (0, 1)]
+    assert results["best_value"] == pytest.approx(min(values))
+    assert set(results["best_params"]) == {"model.optimizer.lr", "model.latent_dim", "model.activation"}
+    assert 1e-4 <= results["best_params"]["model.optimizer.lr"] <= 1e-2
+    assert "sweep ae_random (random, 2 trials)" in capsys.readouterr().out
+
+
+def test_bayes_and_random_map_to_optuna_samplers_and_goal(tmp_path):
+    bayes = local_args(load_sweep(REPO / "sweeps" / "ae_hinton_bayes.yaml"), None, tmp_path, [])
+    assert "hydra/sweeper/sampler=tpe" in bayes and "hydra.sweeper.direction=maximize" in bayes
+    assert "optimized_metric=test/psnr" in bayes and "hydra.sweeper.n_trials=30" in bayes  # run_cap
+    assert "data.batch_size=choice(64,128,256)" in bayes and "trainer.max_epochs=5" in bayes
+    random = local_args(load_sweep(REPO / "sweeps" / "ae_random.yaml"), 7, tmp_path, ["trainer.max_epochs=1"])
+    assert "hydra/sweeper/sampler=random" in random and "hydra.sweeper.n_trials=7" in random
+    assert "model.optimizer.lr=tag(log,interval(0.0001,0.01))" in random and "model.latent_dim=int(interval(2,32))" in random
+    assert "trainer.max_epochs=10" not in random  # an extra override pins that parameter
+    grid = local_args(load_sweep(REPO / "sweeps" / "ae_grid.yaml"), None, tmp_path, [])
+    assert "model.latent_dim=4,8,16" in grid and "seed=1,2,3" in grid and "hydra/sweeper=optuna" not in grid
+
+
+def agent_argv(sweep_file: Path, values: dict) -> list[str]:
+    """The argv a W&B agent starts for one trial, built by wandb's own functions, as in wandb_agent.py."""
+    sweep = yaml.safe_load(sweep_file.read_text())
+    variables = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    variables["env"] = ["/usr/bin/env"]
+    argv = []
+    for chunk in create_sweep_command([str(c) for c in sweep["command"]]):
+        argv += variables.get(chunk[2:-1], []) if chunk.startswith("${") and chunk.endswith("}") else [chunk]
+    return argv
+
+
+def test_wandb_agent_command_gives_overrides_hydra_accepts(tmp_path, monkeypatch):
+    argv = agent_argv(REPO / "sweeps" / "ae_grid.yaml", {
+        "model.latent_dim": 8, "model.optimizer.lr": 0.003, "seed": 2,
+        "logger.wandb.project": "latent bench, take 2",  # a space and a comma: Hydra would read a sweep
+        "model.scheduler": None,  # W&B writes None
+        "model.hidden": [32, 16],
+    })
+    assert argv[:3] == ["/usr/bin/env", "latentbench", "train"]
+    assert "logger.wandb.project=latent bench, take 2" in argv and "model.scheduler=None" in argv
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123")
+    overrides = quote_numeric_choices([safe_override(a) for a in argv[3:]])
+    cfg = compose_run_config(overrides, tmp_path)
+    assert cfg.model.latent_dim == 8 and cfg.model.optimizer.lr == 0.003 and cfg.seed == 2
+    assert cfg.logger.wandb.project == "latent bench, take 2"
+    assert cfg.model.scheduler is None and list(cfg.model.hidden) == [32, 16]
+    assert cfg.logger.wandb.group == "ae_grid" and cfg.run_name == "ae_grid_abc123"
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("a=x,y", "a='x,y'"), ("a=None", "a=null"), ("a=it's", "a='it\\'s'"), ("a=x y", "a='x y'"),
+    ("a=[1, 2]", "a=[1, 2]"), ("a.b=0.001", "a.b=0.001"), ("model=pca", "model=pca"), ("-m", "-m"), ("+x=1", "+x=1"),
+])
+def test_safe_override(arg, expected):
+    assert safe_override(arg) == expected
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"method": "hyperband"}, "method 'hyperband' (allowed: grid, random, bayes)"),
+    ({"command": ["${env}", "latentbench", "train", "${args}"]}, "command must end with ${args_no_hyphens}"),
+    ({"method": "random", "metric": None}, "needs metric"),
+    ({"parameters": {"model.latent_dim": {"min": 2, "max": 8}}}, "a grid sweep needs 'values'"),
+])
+def test_bad_sweep_file_is_one_line(tmp_path, capsys, monkeypatch, fields, message):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = write_sweep(tmp_path, **{"parameters": {"seed": {"values": [1]}}, **fields})
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1], err
+
+
+def test_hparams_search_configs_compose(capsys):
+    assert main(["train", "hparams_search=optuna", "--cfg", "hydra"]) == 0
+    hydra_cfg = yaml.safe_load(capsys.readouterr().out)["hydra"]
+    assert hydra_cfg["mode"] == "MULTIRUN"
+    assert hydra_cfg["sweeper"]["_target_"].endswith("OptunaSweeper")
+    assert hydra_cfg["sweeper"]["params"]["model.optimizer.lr"] == "tag(log, interval(0.0001, 0.01))"
+    assert main(["train", "hparams_search=basic", "--cfg", "hydra"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["hydra"]["sweeper"]["params"]["seed"] == "1,2,3"

@@ -18,13 +18,20 @@ MIN_DISPLAY_SIZE = 32
 
 
 def to_images(batch: torch.Tensor, image_shape: tuple[int, int, int]) -> torch.Tensor:
-    """``(B, ...)`` pixels in [0, 1] -> ``(B, C, H, W)`` clipped to [0, 1]."""
-    return batch.detach().float().cpu().reshape(-1, *image_shape).clamp(0.0, 1.0)
+    """``(B, ...)`` pixels in [0, 1] -> ``(B, C, H, W)`` clipped to [0, 1]; a batch that is already
+    image-shaped keeps its own channels (a grey model input beside colour images)."""
+    if batch.dim() == 4:
+        return batch.detach().float().cpu().clamp(0.0, 1.0)
+    c, h, w = image_shape
+    if batch.shape[-1] != c * h * w and batch.shape[-1] == h * w:  # flattened grey input of colour data
+        c = 1
+    return batch.detach().float().cpu().reshape(-1, c, h, w).clamp(0.0, 1.0)
 
 
 def grid_image(rows: list[torch.Tensor]) -> np.ndarray:
     """Stack equal-length ``(N, C, H, W)`` rows into one ``(H', W', 3)`` uint8 picture."""
-    stacked = torch.cat(rows)
+    channels = max(row.shape[1] for row in rows)
+    stacked = torch.cat([row.expand(-1, channels, -1, -1) for row in rows])  # grey rows beside colour ones
     if stacked.shape[-1] < MIN_DISPLAY_SIZE:  # blow tiny images (8x8 digits) up so they can be seen
         factor = -(-MIN_DISPLAY_SIZE // stacked.shape[-1])
         stacked = torch.nn.functional.interpolate(stacked, scale_factor=factor, mode="nearest")

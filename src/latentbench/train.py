@@ -93,12 +93,29 @@ def data_arguments(model_node: DictConfig, datamodule: pl.LightningDataModule) -
     return arguments
 
 
+def corruption_argument(cfg: DictConfig) -> dict[str, Any]:
+    """``{"corruption": <object>}`` from the ``corruption`` group for the data module, or ``{}`` for none."""
+    node = cfg.get("corruption")
+    if not node or "_target_" not in node:
+        return {}
+    import inspect
+
+    from hydra.utils import get_object
+
+    params = inspect.signature(get_object(cfg.data._target_)).parameters
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "corruption" not in params and not takes_kwargs:
+        raise ConfigError(f"corruption: {cfg.data._target_} cannot corrupt its inputs (use corruption=none)")
+    log.info("corruption: %s", node._target_)
+    return {"corruption": build(node, "corruption")}
+
+
 def build_run(cfg: DictConfig) -> dict[str, Any]:
     """Validate ``cfg`` and build data module, model, callbacks, loggers and trainer; loads no data."""
     check_config(cfg)
     check_hardware(cfg)
     log.info("data: %s", cfg.data._target_)
-    datamodule = build(cfg.data, "data")
+    datamodule = build(cfg.data, "data", **corruption_argument(cfg))
     log.info("model: %s", cfg.model._target_)
     model = build(cfg.model, "model", **data_arguments(cfg.model, datamodule), _recursive_=False, _convert_="all")
     callbacks = build_callbacks(cfg)

@@ -16,6 +16,7 @@ log = logging.getLogger("latentbench")
 SUBCOMMANDS = {
     "train": "train and test one run (or a Hydra multirun with -m); arguments are Hydra overrides",
     "sweep": "run a W&B sweep file: W&B sweep + agent online, the same search space via Hydra multirun offline",
+    "experiment": "run a paper experiment from experiments/<name>/ (--quick: minutes on a CPU) and write its tables",
     "report": "tables (Markdown, LaTeX, CSV, HTML) and plots from run directories or a W&B project/sweep",
 }
 
@@ -216,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             from latentbench.sweep import main as sweep_main
 
             return sweep_main(rest)
+        if command == "experiment":
+            from latentbench.experiment import main as experiment_main
+
+            return experiment_main(rest)
         if command == "report":
             from latentbench.report import main as report_main
 

@@ -17,7 +17,7 @@ from latentbench.callbacks import BestValidationMetrics, RngStateCheckpoint, Sto
 from latentbench.config_check import check_config
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
-from latentbench.tracking import git_commit, wandb_loggers, write_metrics_json
+from latentbench.tracking import git_commit, log_run_artifacts, wandb_loggers, write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics = collect_metrics(cfg, trainer, test_results, objects)
         if trainer.is_global_zero:
             write_metrics_json(output_dir / "metrics.json", metrics)
+            log_run_artifacts(objects["loggers"], output_dir, metrics.get("checkpoint"), metrics)
             write_run_info(output_dir, cfg, objects, "finished")
             log.info("metrics: %s", output_dir / "metrics.json")
         failed = False

@@ -18,7 +18,7 @@ from PIL import Image
 from latentbench.cli import main as cli_main
 from latentbench.report import main as report_main
 from latentbench.train import train
-from tests.conftest import make_cfg
+from tests.conftest import MNIST_ROOT, make_cfg, needs_mnist
 
 # 2 configs x 3 seeds: (model target, latent_dim, seed) -> recon_sse
 SSE = {
@@ -185,3 +185,25 @@ def test_missing_source_and_plot_without_against(tmp_path, capsys):
     write_run(tmp_path / "one", {"seed": 1}, {"status": "finished", "test/recon_sse": 1.0})
     assert cli_main(["report", str(tmp_path / "one"), "--plot", "test/recon_sse"]) == 2
     assert "--against" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_hinton2006_quick_mode_writes_its_tables(tmp_path, capsys):
+    """The documented experiment command, quick and tiny: 2 configs x 2 seeds, then the 2-D codes figure."""
+    out = tmp_path / "hinton2006"
+    assert cli_main(["experiment", "hinton2006", "--quick", "--out", str(out), f"data.root={MNIST_ROOT}", "data.limit=300",
+                     "data.val_size=100"]) == 0
+    rows = {r["choices.experiment"]: r for r in read_csv(out / "report" / "table.csv")}
+    assert set(rows) == {"hinton2006_pca30", "hinton2006_ae30"}
+    for name, paper in (("hinton2006_pca30", 13.87), ("hinton2006_ae30", 3.0)):
+        assert rows[name]["n"] == "2" and rows[name]["failed"] == "0"
+        assert 0 < float(rows[name]["test/recon_sse mean"]) < 200  # squared error per 784-pixel image
+        assert float(rows[name]["test/recon_sse (paper)"]) == paper
+    assert float(rows["hinton2006_pca30"]["test/recon_sse std"]) == pytest.approx(0, abs=1e-4)  # PCA: no seed dependence
+    for suffix, name in (("md", "hinton2006_pca30"), ("html", "hinton2006_pca30"), ("tex", r"hinton2006\_pca30")):
+        assert name in (out / "report" / f"table.{suffix}").read_text()
+    assert r"\toprule" in (out / "report" / "table.tex").read_text()
+    assert {r["choices.experiment"] for r in read_csv(out / "report" / "codes.csv")} == {"hinton2006_pca2", "hinton2006_ae2"}
+    with Image.open(out / "report" / "codes.png") as image:
+        assert image.size[0] > 2 * image.size[1] * 0.9  # two panels side by side
+    assert "table: " in capsys.readouterr().out

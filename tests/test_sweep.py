@@ -12,7 +12,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_com
 from latentbench.cli import main, quote_numeric_choices
 from latentbench.compose import compose_run_config
 from latentbench.sweep import load_sweep, local_args, safe_override
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 TINY = ["trainer=cpu", "logger=none", "trainer.max_epochs=1", "data.limit=200"]
 
@@ -129,3 +129,24 @@ def test_hparams_search_configs_compose(capsys):
     assert hydra_cfg["sweeper"]["params"]["model.optimizer.lr"] == "tag(log, interval(0.0001, 0.01))"
     assert main(["train", "hparams_search=basic", "--cfg", "hydra"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["hydra"]["sweeper"]["params"]["seed"] == "1,2,3"
+
+
+def test_slurm_launcher_and_trainer_agree(capsys):
+    args = ["hydra/launcher=slurm", "trainer=slurm", "hydra.launcher.gpus_per_node=4", "hydra.launcher.nodes=2", "hydra.launcher.partition=gpu"]
+    assert main(["train", *args, "--cfg", "hydra"]) == 0
+    launcher = yaml.safe_load(capsys.readouterr().out)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "gpu"
+    assert launcher["tasks_per_node"] == "${.gpus_per_node}" and launcher["nodes"] == 2
+    assert main(["train", *args, "--cfg", "job", "--resolve"]) == 0
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert trainer["devices"] == 4 and trainer["num_nodes"] == 2 and trainer["strategy"] == "ddp"
+
+
+@pytest.mark.slow
+def test_two_trials_through_the_submitit_local_launcher(tmp_path):
+    """The cluster path without a cluster: submitit's local executor runs each job as a subprocess."""
+    result = run_cli("train", "-m", "hydra/launcher=local", "model=pca", "model.n_components=4,8", *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    sse = {n: json.loads((tmp_path / str(n) / "metrics.json").read_text())["test/recon_sse"] for n in (0, 1)}
+    assert sse[1] < sse[0]  # 8 components reconstruct better than 4
+    assert (tmp_path / ".submitit").is_dir() and (tmp_path / "0" / ".hydra" / "config.yaml").is_file()

@@ -27,6 +27,8 @@ SUBCOMMANDS = {
                "tables (Markdown, LaTeX, CSV, HTML) and plots from run directories or a W&B project/sweep"),
     "sample": ("latentbench.sample:run_sample",
                "images from a latent diffusion checkpoint: checkpoint=<ckpt> output=<dir> [classes=[..]|prompts=[..]] ..."),
+    "experiment": ("latentbench.experiment:main",
+                   "run a paper experiment from experiments/<name>/ (--quick: minutes on a CPU) and write its tables"),
 }
 
 USAGE = "usage: latentbench <subcommand> [args]\n\nsubcommands:\n" + "\n".join(

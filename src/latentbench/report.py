@@ -86,6 +86,20 @@ def load_config(path: Path) -> dict[str, Any]:
     return resolve(raw, "")
 
 
+def hydra_choices(path: Path) -> dict[str, Any]:
+    """The config group choices of a run (``choices.experiment``, ``choices.model``) from ``.hydra/hydra.yaml``."""
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        hydra = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return {}
+    choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    return {k: v for k, v in choices.items() if not k.startswith("hydra/")}
+
+
 def image_key_and_step(path: Path, media_root: Path | None) -> tuple[str, int]:
     """``images/test_reconstructions_000004.png`` -> ``("test_reconstructions", 4)``;
     W&B's ``media/images/test/reconstructions_4_<hash>.png`` -> the same."""
@@ -144,6 +158,7 @@ def collect_local(root: Path) -> list[Run]:
     for config_file in sorted(root.rglob(".hydra/config.yaml")):
         run_dir = config_file.parents[1]
         config = load_config(config_file)
+        config.setdefault("choices", hydra_choices(run_dir / ".hydra" / "hydra.yaml"))
         metrics_file = run_dir / "metrics.json"
         if metrics_file.is_file():
             metrics = json.loads(metrics_file.read_text())
@@ -333,12 +348,15 @@ class Table:
 
 
 def build_table(groups: list[Group], group_by: list[str], metrics: list[str], reference: Reference | None, digits: int) -> Table:
+    """Rows: one per group; columns: the group keys, each metric (with a paper column when the
+    reference has a value for that metric), the finished run count ``n`` and the failed count."""
+    with_paper = {m for m in metrics if reference is not None and any(m in row["values"] for row in reference.rows)}
     header = [*group_by]
     raw_header = [*group_by]
     for metric in metrics:
         header.append(metric)
         raw_header += [f"{metric} mean", f"{metric} std"]
-        if reference is not None:
+        if metric in with_paper:
             header.append(f"{metric} ({reference.label})")
             raw_header.append(f"{metric} ({reference.label})")
     header += ["n", "failed"]
@@ -355,7 +373,7 @@ def build_table(groups: list[Group], group_by: list[str], metrics: list[str], re
                 mean, std, n = stats
                 row.append(fmt(mean, digits) + (f" ± {fmt(std, digits)}" if n > 1 else ""))
                 raw_row += [mean, std if n > 1 else ""]
-            if reference is not None:
+            if metric in with_paper:
                 value = reference.lookup(group, metric)
                 row.append("" if value is None else fmt(value, 2))
                 raw_row.append("" if value is None else value)
@@ -565,7 +583,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", help="a run directory, a multirun directory, outputs/, or wandb:<entity>/<project>[/<sweep id>]")
     p.add_argument("--group-by", nargs="*", default=["model._target_"], metavar="KEY",
-                   help="dotted config keys that define a row (default: model._target_); the other keys (seeds) are aggregated")
+                   help="dotted config keys that define a row (default: model._target_), or choices.<group> for a local run's "
+                        "config group choice (choices.experiment); the other keys (seeds) are aggregated")
     p.add_argument("--metrics", nargs="+", default=DEFAULT_METRICS, metavar="METRIC", help=f"metrics.json keys (default: {' '.join(DEFAULT_METRICS)})")
     p.add_argument("--reference", type=Path, help="paper values: reference.yaml or a CSV (config keys, metric, value)")
     p.add_argument("--plot", nargs="*", default=[], metavar="METRIC", help="plot these metrics against --against (PNG)")

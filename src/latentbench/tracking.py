@@ -166,3 +166,40 @@ def scrub_files(paths: list[Path]) -> None:
         clean = scrub_text(text)
         if clean != text:
             path.write_text(clean)
+
+
+def artifact_name(kind: str, run_id: str) -> str:
+    """``model-<run id>``: W&B artifact names allow letters, digits, ``-``, ``_`` and ``.``."""
+    return f"{kind}-{run_id}"
+
+
+def log_run_artifacts(loggers: list[Logger], output_dir: str | Path, checkpoint: str | None, metrics: dict[str, Any]) -> list[str]:
+    """Log the run's checkpoint (type ``model``) and its results (type ``results``: ``metrics.json``,
+    the composed config, the CSV tables and a ``metrics`` table) as W&B artifacts of the run, so
+    that a number in a table can be traced to the exact weights. Returns the artifact names.
+
+    The checkpoint is the best one (alias ``best``) or, without one, ``last.ckpt`` (alias ``final``).
+    Works online and offline (offline runs upload them with ``wandb sync``).
+    """
+    import wandb
+
+    output_dir = Path(output_dir)
+    names = []
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for logger in wandb_loggers(loggers):
+        run = logger.experiment
+        path, alias = (Path(checkpoint), "best") if checkpoint else (output_dir / "checkpoints" / "last.ckpt", "final")
+        if path.is_file():
+            model = wandb.Artifact(artifact_name("model", run.id), type="model",
+                                   metadata={"checkpoint": path.name, "run_name": run.name, **numbers})
+            model.add_file(str(path), name=path.name)
+            run.log_artifact(model, aliases=[alias])
+            names.append(model.name)
+        results = wandb.Artifact(artifact_name("results", run.id), type="results", metadata=numbers)
+        for file in (output_dir / "metrics.json", output_dir / ".hydra" / "config.yaml", *sorted((output_dir / "tables").glob("*.csv"))):
+            if file.is_file():
+                results.add_file(str(file), name=file.relative_to(output_dir).as_posix())
+        results.add(wandb.Table(columns=["metric", "value"], data=[[k, float(v)] for k, v in sorted(numbers.items())]), "metrics")
+        run.log_artifact(results)
+        names.append(results.name)
+    return names

@@ -18,7 +18,7 @@ from latentbench.checkpoints import ModelClassInCheckpoint, read_checkpoint
 from latentbench.config_check import check_config
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
-from latentbench.tracking import git_commit, scrub, scrub_files, wandb_loggers, write_metrics_json
+from latentbench.tracking import git_commit, log_run_artifacts, scrub, scrub_files, wandb_loggers, write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics = collect_metrics(cfg, trainer, test_results, objects)
         if trainer.is_global_zero:
             write_metrics_json(output_dir / "metrics.json", metrics)
+            try:
+                log_run_artifacts(objects["loggers"], output_dir, metrics.get("checkpoint"), metrics)
+            except Exception as error:  # the run has finished: an upload problem must not mark it failed
+                log.warning("W&B artifacts not logged: %s", first_line(error))
             write_run_info(output_dir, cfg, objects, "finished")
             log.info("metrics: %s", output_dir / "metrics.json")
         failed = False

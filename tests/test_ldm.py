@@ -291,19 +291,37 @@ TINY_CLIP = "{embed_dim:16,vision_cfg:{image_size:16,layers:1,width:32,head_widt
 SHAPES = ["data=shapes", "data.image_size=16", "data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32"]
 
 
-def test_text_conditioned_ldm_trains_on_shapes(cfg_factory, tmp_path):
-    cfg = cfg_factory(*TINY_LDM, *SHAPES, "model.conditioning=text", f"+model.text_encoder.model_cfg={TINY_CLIP}")
+def test_text_conditioned_ldm_trains_on_shapes(cfg_factory, tmp_path, tmp_path_factory):
+    clip_run = tmp_path_factory.mktemp("clip")
+    clip_cfg = [f"model.model_cfg={TINY_CLIP}", "trainer.max_steps=2"]
+    # no embedding plot: its kNN calls model.encode(images), which CLIPModel does not take
+    train(make_cfg([*FAST, "model=clip", *SHAPES, *clip_cfg, "~callbacks.embedding_plot"], clip_run))
+    GlobalHydra.instance().clear()
+    cfg = cfg_factory(*TINY_LDM, *SHAPES, "model.conditioning=text", f"model.text_encoder.checkpoint={clip_run}")
     metrics = train(cfg)
     assert np.isfinite(metrics["test/loss"])
     model = LatentDiffusion.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
-    states = model.conditioner.encode(["a large red circle on a blue background, top left", ""], torch.device("cpu"))
+    from latentbench.models.clip import load_clip
+
+    clip, tokenizer = load_clip(checkpoint=model.hparams.text_encoder["checkpoint"])
+    captions = ["a large red circle on a blue background, top left", ""]
+    states = model.conditioner.encode(captions, torch.device("cpu"))
     assert states.shape == (2, 16, 32) and not torch.allclose(states[0], states[1])
+    # the frozen tower is the CLIP run's: its final hidden state at the EOT token, projected, is CLIP's text embedding
+    eot = tokenizer(captions).argmax(dim=-1)
+    projected = states[torch.arange(2), eot] @ clip.text_projection
+    torch.testing.assert_close(projected, clip.encode_text(tokenizer(captions)), rtol=1e-4, atol=1e-5)
     prompts = model.hparams.sampling["prompts"]  # fixed from the validation captions at fit start
     assert len(prompts) == 4 and all(" on a " in p for p in prompts)
     images = model.sample(prompts[:2], per_condition=2, sampler="ddim", steps=5, guidance_scale=3.0)
     assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
     grid = np.asarray(Image.open(sorted((tmp_path / "images").glob("val_samples_*.png"))[0]))
     assert grid.shape[0] == 4 * 32 + 5  # one row per prompt
+
+
+def test_text_encoder_checkpoint_of_the_wrong_kind(cfg_factory, first_stage_checkpoint):
+    with pytest.raises(ConfigError, match=r"^model\.text_encoder\.checkpoint: .* holds a latentbench\.models\.ae_kl\.AutoencoderKL checkpoint, expected latentbench\.models\.clip\.CLIPModel"):
+        train(cfg_factory(*TINY_LDM, *SHAPES, "model.conditioning=text", f"model.text_encoder.checkpoint={first_stage_checkpoint}"))
 
 
 def test_sample_fid_with_domain_features(cfg_factory, tmp_path_factory):

@@ -29,6 +29,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from latentbench.checkpoints import read_checkpoint
+from latentbench.errors import ConfigError
 from latentbench.metrics import reconstruction_metrics
 from latentbench.models.ae_kl import AutoencoderKL
 from latentbench.models.base import DEFAULT_OPTIMIZER, check_positive
@@ -147,27 +148,40 @@ def load_first_stage(spec: dict[str, Any]) -> tuple[AutoencoderKL | None, dict[s
 
 
 def load_text_encoder(spec: dict[str, Any]) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """``(open_clip CLIP, tokenizer, spec to save)`` from ``{"checkpoint"|"model_name"+"pretrained"|"model_cfg"}``.
+    """``(open_clip CLIP, tokenizer, spec to save)`` from the ``text_encoder`` options.
 
-    ``checkpoint``/``model_name`` go through ``latentbench.models.clip.load_clip``; ``model_cfg``
-    (open_clip ``CLIP`` kwargs) builds the architecture alone, which is how a saved LDM rebuilds
-    its text tower (the weights are in the LDM's state_dict).
+    ``checkpoint`` (a ``model=clip`` run) or ``model_name`` + ``pretrained`` (open_clip weights,
+    online) go through :func:`latentbench.models.clip.load_clip`; ``model_cfg`` (open_clip ``CLIP``
+    kwargs) builds the architecture alone. The saved spec keeps only what rebuilds the architecture
+    (``model_cfg``, or ``model_name`` without ``pretrained``): a saved LDM holds the text tower's
+    weights in its own state_dict and loads without the CLIP checkpoint or a download.
     """
-    import open_clip
+    from latentbench.models.clip import CLIPModel, build_open_clip, clip_tokenizer, load_clip
 
-    model_cfg = spec.get("model_cfg")
-    if model_cfg is None:
-        from latentbench.models.clip import load_clip
-
-        if spec.get("checkpoint") is None and spec.get("model_name") is None:
-            raise ValueError("text_encoder: text conditioning needs text_encoder.checkpoint (a model=clip run) or text_encoder.model_name (+ pretrained)")
-        clip, tokenizer = load_clip(checkpoint=spec.get("checkpoint"), model_name=spec.get("model_name"), pretrained=spec.get("pretrained"))
-        if spec.get("checkpoint") is not None:
-            model_cfg = dict(read_checkpoint(spec["checkpoint"], "model.text_encoder.checkpoint")["hyper_parameters"]["model_cfg"])
-        return clip, tokenizer, {**spec, "model_cfg": model_cfg}
-    clip = open_clip.CLIP(**model_cfg)
-    context_length = clip.positional_embedding.shape[0]
-    return clip, open_clip.tokenizer.SimpleTokenizer(context_length=context_length), dict(spec)
+    model_cfg, model_name = spec.get("model_cfg"), spec.get("model_name")
+    if model_cfg is not None:
+        clip = build_open_clip(dict(model_cfg), None, None)
+        where = {"checkpoint": spec["checkpoint"]} if spec.get("checkpoint") else {}  # kept as a record of the source
+        return clip, clip_tokenizer(clip), {**where, "model_cfg": model_cfg}
+    checkpoint = spec.get("checkpoint")
+    if checkpoint is None and model_name is None:
+        raise ValueError("text_encoder: text conditioning needs text_encoder.checkpoint (a model=clip run) or text_encoder.model_name (+ pretrained)")
+    if checkpoint is not None:
+        key = "model.text_encoder.checkpoint"
+        checkpoint = resolve_checkpoint(str(checkpoint))
+        hparams = read_checkpoint(checkpoint, key, expected=CLIPModel).get("hyper_parameters", {})
+        try:
+            clip, tokenizer = load_clip(checkpoint=checkpoint)
+        except ConfigError as error:
+            raise ConfigError(f"{key}: {error}") from None
+        if hparams.get("model_cfg") is not None:
+            return clip, tokenizer, {"checkpoint": checkpoint, "model_cfg": hparams["model_cfg"]}
+        return clip, tokenizer, {"model_name": hparams.get("model_name")}  # a fine-tuned open_clip architecture
+    try:
+        clip, tokenizer = load_clip(model_name=model_name, pretrained=spec.get("pretrained"))
+    except ConfigError as error:
+        raise ConfigError(f"model.text_encoder.{error}") from None
+    return clip, tokenizer, {"model_name": model_name}
 
 
 class LatentDiffusion(pl.LightningModule):
@@ -308,13 +322,13 @@ class LatentDiffusion(pl.LightningModule):
 
     # -- latents -----------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` in [0, 1] -> unit-scale latents ``(B, c, h, w)``."""
         latents = images * 2.0 - 1.0 if self.first_stage is None else self.first_stage.encode_latents(images)
         return latents / self.latent_std
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
         """Unit-scale latents ``(B, c, h, w)`` -> images ``(B, C, H, W)`` clipped to [0, 1]."""
         latents = latents * self.latent_std
         images = (latents + 1.0) / 2.0 if self.first_stage is None else self.first_stage.decode_latents(latents)
@@ -361,7 +375,7 @@ class LatentDiffusion(pl.LightningModule):
     # -- diffusion loss ----------------------------------------------------------------------
     def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None, drop_probability: float = 0.0) -> torch.Tensor:
         """Mean squared error of the U-Net's prediction (noise or v) at uniformly drawn timesteps."""
-        latents = self.encode(batch["image"])
+        latents = self.to_latents(batch["image"])
         shape, device = latents.shape, latents.device
         noise = torch.randn(shape, generator=generator, device="cpu").to(device) if generator else torch.randn_like(latents)
         steps = self.noise_scheduler.config.num_train_timesteps
@@ -388,8 +402,8 @@ class LatentDiffusion(pl.LightningModule):
         images = batch["image"]
         loss = self.diffusion_loss(batch, generator)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=len(images))
-        latents = self.encode(images)
-        reconstruction = self.decode(latents)
+        latents = self.to_latents(images)
+        reconstruction = self.to_images(latents)
         if self.first_stage is not None:  # pixel space reconstructs exactly: nothing to measure
             metrics = self.val_metrics if stage == "val" else self.test_metrics
             metrics.update(reconstruction.float(), images.float())
@@ -495,7 +509,7 @@ class LatentDiffusion(pl.LightningModule):
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
             latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
         unet.train(was_training)
-        return self.decode(latents)
+        return self.to_images(latents)
 
     def sample_requests(self) -> list | None:
         """The classes/prompts of the logged sample grids: ``sampling.classes``/``prompts`` or the conditioner's defaults."""

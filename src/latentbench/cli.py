@@ -21,7 +21,7 @@ SUBCOMMANDS = {
 }
 
 USAGE = "usage: latentbench <subcommand> [args]\n\nsubcommands:\n" + "\n".join(
-    f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items()
+    f"  {name:<11} {text}" for name, text in SUBCOMMANDS.items()
 ) + "\n\n'latentbench <subcommand> --help' shows the options of one subcommand."
 
 

@@ -8,12 +8,13 @@ import shutil
 import pytest
 
 from latentbench.cli import main
-from tests.conftest import MNIST_ROOT, needs_mnist, run_cli
+from tests.conftest import MNIST_ROOT, REPO, needs_mnist, run_cli
 
 QUICK = ["logger=none", "trainer=cpu", "trainer.fast_dev_run=true"]
 
+MODEL_CHOICES = sorted(path.stem for path in (REPO / "conf" / "model").glob("*.yaml"))
 CASES = {
-    "unknown group choice": (["model=foo"], "model=foo: unknown choice (available: ae, ae_conv, ae_hinton, pca)"),
+    "unknown group choice": (["model=foo"], "model=foo: unknown choice (available: " + ", ".join(MODEL_CHOICES) + ")"),
     "unknown key": (["model.nope=3"], "model.nope: no such key in the config (to add a new key, write +model.nope=...)"),
     "wrong type": (["model=pca", "model.n_components=abc"], "model.n_components: expected int, got 'abc' (str)"),
     "wrong list item type": (["model.hidden=[a]"], "model.hidden: expected a list of int"),

@@ -16,9 +16,9 @@ RUN = ["model=ae", "trainer=cpu", "trainer.max_epochs=3", "deterministic=true", 
 COMPARED = ("test/recon_sse", "test/mse", "test/ssim", "best_val/loss", "global_step")
 
 
-def killed_then_resumed(tmp_path, kill_step: int, logger: str = "none") -> dict:
+def killed_then_resumed(tmp_path, kill_step: int, logger: str = "none", extra: tuple[str, ...] = ()) -> dict:
     run_dir = tmp_path / f"killed_at_{kill_step}"
-    killed = run_cli("train", *RUN, f"logger={logger}", f"hydra.run.dir={run_dir}",
+    killed = run_cli("train", *RUN, *extra, f"logger={logger}", f"hydra.run.dir={run_dir}",
                      "+callbacks.killer._target_=tests.helpers.KillAtStep", f"+callbacks.killer.step={kill_step}")
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (run_dir / "metrics.json").exists()
@@ -38,7 +38,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics_and_wandb_run(uninterrupted, tmp_path):
-    resumed = killed_then_resumed(tmp_path, 13, logger="wandb")  # last save at step 10: steps 11-13 are redone
+    resumed = killed_then_resumed(tmp_path, 13, logger="wandb", extra=["logger.wandb.flush_seconds=0.2"])  # last save at step 10: steps 11-13 are redone
     for key in COMPARED:
         assert resumed[key] == uninterrupted[key], key
     run_dir = tmp_path / "killed_at_13"
@@ -46,6 +46,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics_and_wandb_run(unin
     offline_runs = sorted((run_dir / "wandb").glob(f"offline-run-*-{first_id}"))
     assert len(offline_runs) == 2  # the killed run's files are kept for `wandb sync`, the resume logs to the same id
     assert all((run / f"run-{first_id}.wandb").is_file() for run in offline_runs)
+    killed_record = (offline_runs[0] / f"run-{first_id}.wandb").read_bytes()
+    assert b"optimized_metric" in killed_record  # what the killed run logged (its config) survived the kill
 
 
 @pytest.mark.slow
@@ -92,3 +94,42 @@ def test_checkpoints_load_with_weights_only(cfg_factory):
     metrics = train(cfg_factory("model=pca", "model.n_components=8"))
     checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
     assert checkpoint["state_dict"]["components"].shape == (8, 64)
+
+
+def test_secrets_never_reach_logged_config_or_outputs(tmp_path):
+    secret = "sk-test-0123456789abcdef"
+    result = run_cli("train", "model=pca", "model.n_components=4", "trainer=cpu", "logger=wandb", "data.limit=200",
+                     f"hydra.run.dir={tmp_path}", "+run_notes=${oc.env:WANDB_API_KEY}", env={"WANDB_API_KEY": secret})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert secret not in result.stdout + result.stderr
+    leaked = [str(p) for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []
+    # the config was logged, with the value replaced (offline runs keep it in their .wandb record)
+    records = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert records and b"run_notes" in records[0].read_bytes() and b"***" in records[0].read_bytes()
+
+
+def test_truncated_or_foreign_checkpoint_is_refused_by_name(tmp_path, capsys):
+    from latentbench.checkpoints import read_checkpoint
+    from latentbench.errors import ConfigError
+    from latentbench.models.ae import AutoEncoder
+    from latentbench.models.pca import PCA
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "model=pca", "model.n_components=4", "trainer=cpu", "logger=none", "data.limit=200",
+                 f"hydra.run.dir={run_dir}"]) == 0
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last, "x", expected=PCA)["state_dict"]["components"].shape == (4, 64)
+    with pytest.raises(ConfigError, match=r"^model.first_stage.checkpoint: .*last.ckpt holds a latentbench.models.pca.PCA checkpoint, expected latentbench.models.ae.AutoEncoder$"):
+        read_checkpoint(last, "model.first_stage.checkpoint", expected=AutoEncoder)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.ckpt", "k")
+    not_a_checkpoint = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, not_a_checkpoint)
+    with pytest.raises(ConfigError, match="is not a Lightning checkpoint"):
+        read_checkpoint(not_a_checkpoint, "k")
+    # a checkpoint cut short (disk full, copy interrupted) refuses to resume, naming the file
+    last.write_bytes(last.read_bytes()[:1000])
+    assert main(["train", f"resume={run_dir}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: resume: ") and "last.ckpt is not a readable checkpoint" in err[-1]

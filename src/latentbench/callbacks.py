@@ -18,13 +18,20 @@ MIN_DISPLAY_SIZE = 32
 
 
 def to_images(batch: torch.Tensor, image_shape: tuple[int, int, int]) -> torch.Tensor:
-    """``(B, ...)`` pixels in [0, 1] -> ``(B, C, H, W)`` clipped to [0, 1]."""
-    return batch.detach().float().cpu().reshape(-1, *image_shape).clamp(0.0, 1.0)
+    """``(B, ...)`` pixels in [0, 1] -> ``(B, C, H, W)`` clipped to [0, 1]; a batch that is already
+    image-shaped keeps its own channels (a grey model input beside colour images)."""
+    if batch.dim() == 4:
+        return batch.detach().float().cpu().clamp(0.0, 1.0)
+    c, h, w = image_shape
+    if batch.shape[-1] != c * h * w and batch.shape[-1] == h * w:  # flattened grey input of colour data
+        c = 1
+    return batch.detach().float().cpu().reshape(-1, c, h, w).clamp(0.0, 1.0)
 
 
 def grid_image(rows: list[torch.Tensor]) -> np.ndarray:
     """Stack equal-length ``(N, C, H, W)`` rows into one ``(H', W', 3)`` uint8 picture."""
-    stacked = torch.cat(rows)
+    channels = max(row.shape[1] for row in rows)
+    stacked = torch.cat([row.expand(-1, channels, -1, -1) for row in rows])  # grey rows beside colour ones
     if stacked.shape[-1] < MIN_DISPLAY_SIZE:  # blow tiny images (8x8 digits) up so they can be seen
         factor = -(-MIN_DISPLAY_SIZE // stacked.shape[-1])
         stacked = torch.nn.functional.interpolate(stacked, scale_factor=factor, mode="nearest")
@@ -44,8 +51,8 @@ class ReconstructionGrid(pl.Callback):
         self.num_images = num_images
 
     def _log(self, trainer: pl.Trainer, batch: dict, outputs: dict, key: str) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not outputs:
-            return
+        if trainer.sanity_checking or not trainer.is_global_zero or not outputs or "reconstruction" not in outputs:
+            return  # also for models without reconstructions (classifiers)
         shape = trainer.datamodule.image_shape
         n = min(self.num_images, len(batch["image"]))
         rows = [to_images(batch.get("input", batch["image"])[:n], shape), to_images(outputs["reconstruction"][:n], shape)]
@@ -95,36 +102,103 @@ def scatter_image(points: np.ndarray, labels: np.ndarray, title: str) -> np.ndar
 
 
 class EmbeddingPlot(pl.Callback):
-    """At test: a 2-D scatter of up to ``max_points`` test codes coloured by label, logged as an
-    image (``test/embedding``) and as a table of the codes, the 2-D projection and the labels."""
+    """At test, for any model with codes (``encode``): 2-D views of up to ``max_points`` test
+    codes coloured by label, a projector table, and the kNN accuracy of the codes.
 
-    def __init__(self, max_points: int = 2000):
+    Logs ``test/embedding`` (PCA, or the codes themselves when they are 2-D), ``test/embedding_tsne``
+    and ``test/embedding_umap`` (when umap-learn is installed) as images; ``test/embedding_table``
+    (label, 2-D PCA view, codes); ``test/embedding_projector`` (label, thumbnail, codes: W&B's
+    embedding projector, or CSV + PNG thumbnails without W&B); and the metrics ``test/knn_acc``
+    (k-NN fitted on up to ``knn_train_points`` train codes, scored on the test codes) and
+    ``test/knn_acc_2d`` (the same on the first two principal components of the codes).
+
+    Args:
+        max_points (`int`): test codes shown and scored.
+        methods (`list[str]`): 2-D maps drawn, from ``pca``, ``tsne``, ``umap`` (skipped without umap-learn).
+        tsne_max_points (`int`): t-SNE runs on at most this many of the points (it is slow).
+        knn_neighbors (`int`): k of the kNN accuracy; 0 turns it off.
+        knn_train_points (`int`): train images encoded for the kNN classifier.
+        thumbnails (`int`): rows (with image thumbnails) of the projector table; 0 turns it off.
+    """
+
+    def __init__(self, max_points: int = 2000, methods: list[str] = ("pca", "tsne", "umap"), tsne_max_points: int = 1000,
+                 knn_neighbors: int = 5, knn_train_points: int = 5000, thumbnails: int = 500):
+        from latentbench.evaluation.embeddings import METHODS
+
         if max_points <= 0:
             raise ValueError(f"max_points: must be positive, got {max_points}")
-        self.max_points = max_points
+        for method in methods:
+            if method not in METHODS:
+                raise ValueError(f"methods: {method!r} is not allowed (allowed: {', '.join(METHODS)})")
+        for name, value in (("tsne_max_points", tsne_max_points), ("knn_neighbors", knn_neighbors),
+                            ("knn_train_points", knn_train_points), ("thumbnails", thumbnails)):
+            if value < 0:
+                raise ValueError(f"{name}: must be >= 0, got {value}")
+        self.max_points, self.methods, self.tsne_max_points = max_points, list(methods), tsne_max_points
+        self.knn_neighbors, self.knn_train_points, self.thumbnails = knn_neighbors, knn_train_points, thumbnails
         self.codes: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
+        self.images: list[torch.Tensor] = []
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self.codes, self.labels = [], []
+        self.codes, self.labels, self.images = [], [], []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if outputs and sum(len(c) for c in self.codes) < self.max_points:
+        if outputs and "codes" in outputs and sum(len(c) for c in self.codes) < self.max_points:
             self.codes.append(outputs["codes"].float().cpu())
             self.labels.append(batch["label"].cpu())
+            if sum(len(i) for i in self.images) < self.thumbnails:
+                self.images.append(batch["image"][: self.thumbnails].cpu())
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if not self.codes or not trainer.is_global_zero:
+        if not self.codes:
             return
         codes = torch.cat(self.codes)[: self.max_points].numpy()
         labels = torch.cat(self.labels)[: self.max_points].numpy()
+        self._log_knn(trainer, pl_module, codes, labels)
+        if not trainer.is_global_zero:
+            return
+        self._log_views(trainer, pl_module, codes, labels)
+
+    def _log_knn(self, trainer, pl_module, codes: np.ndarray, labels: np.ndarray) -> None:
+        from latentbench.evaluation.embeddings import encode_split, knn_accuracy, pca_2d
+
+        splits = getattr(trainer.datamodule, "splits", {}) if trainer.datamodule is not None else {}
+        if not self.knn_neighbors or "train" not in splits or not hasattr(pl_module, "encode"):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        train_codes, train_labels, _ = encode_split(pl_module, splits["train"], self.knn_train_points)
+        pl_module.train(was_training)
+        pl_module.log("test/knn_acc", knn_accuracy(train_codes, train_labels, codes, labels, self.knn_neighbors), sync_dist=True)
+        train_2d, test_2d = pca_2d(train_codes, codes)
+        pl_module.log("test/knn_acc_2d", knn_accuracy(train_2d, train_labels, test_2d, labels, self.knn_neighbors), sync_dist=True)
+
+    def _log_views(self, trainer, pl_module, codes: np.ndarray, labels: np.ndarray) -> None:
+        from latentbench.evaluation.embeddings import log_projector_table, project, thumbnail, umap_installed
+
+        name = type(pl_module).__name__
+        step = trainer.global_step
         points = project_2d(codes)
         how = "codes" if codes.shape[1] <= 2 else "codes, PC1 vs PC2"
-        title = f"{type(pl_module).__name__} {how} (n={len(codes)})"
-        log_image(trainer.loggers, trainer.default_root_dir, "test/embedding", scatter_image(points, labels, title), trainer.global_step)
+        log_image(trainer.loggers, trainer.default_root_dir, "test/embedding", scatter_image(points, labels, f"{name} {how} (n={len(codes)})"), step)
+        for method in self.methods:
+            if method == "pca" or codes.shape[1] <= 2:
+                continue
+            if method == "umap" and not umap_installed():
+                continue
+            n = min(len(codes), self.tsne_max_points) if method == "tsne" else len(codes)
+            view = project(codes[:n], method)
+            title = f"{name} codes, {method.upper()} (n={n})"
+            log_image(trainer.loggers, trainer.default_root_dir, f"test/embedding_{method}", scatter_image(view, labels[:n], title), step)
         columns = ["label", "x", "y", *(f"z{i}" for i in range(codes.shape[1]))]
         rows = [[int(l), float(p[0]), float(p[1]), *map(float, c)] for l, p, c in zip(labels, points, codes)]
         log_table(trainer.loggers, trainer.default_root_dir, "test/embedding_table", columns, rows)
+        if self.thumbnails and self.images:
+            shape = tuple(trainer.datamodule.image_shape)
+            images = torch.cat(self.images)[: min(self.thumbnails, len(codes))]
+            log_projector_table(trainer.loggers, trainer.default_root_dir, "test/embedding_projector", codes[: len(images)],
+                                labels[: len(images)], [thumbnail(image, shape) for image in images])
 
 
 class BestValidationMetrics(pl.Callback):

@@ -13,15 +13,26 @@ from latentbench.errors import ConfigError, first_line
 
 log = logging.getLogger("latentbench")
 
+# name -> ("module:function" taking the remaining arguments and returning an exit code, help line)
 SUBCOMMANDS = {
-    "train": "train and test one run (or a Hydra multirun with -m); arguments are Hydra overrides",
-    "sweep": "run a W&B sweep file: W&B sweep + agent online, the same search space via Hydra multirun offline",
-    "experiment": "run a paper experiment from experiments/<name>/ (--quick: minutes on a CPU) and write its tables",
-    "report": "tables (Markdown, LaTeX, CSV, HTML) and plots from run directories or a W&B project/sweep",
+    "train": ("latentbench.cli:run_train",
+              "train and test one run (or a Hydra multirun with -m); arguments are Hydra overrides"),
+    "eval": ("latentbench.evaluation.run_eval:main",
+             "recompute a trained run's test metrics: eval checkpoint=<path> [overrides, e.g. more metrics]"),
+    "embeddings": ("latentbench.evaluation.embeddings:main",
+                   "side-by-side 2-D test codes of two runs: embeddings <run dir A> <run dir B> [--out file.png]"),
+    "sweep": ("latentbench.sweep:main",
+              "run a W&B sweep file: W&B sweep + agent online, the same search space via Hydra multirun offline"),
+    "report": ("latentbench.report:main",
+               "tables (Markdown, LaTeX, CSV, HTML) and plots from run directories or a W&B project/sweep"),
+    "sample": ("latentbench.sample:run_sample",
+               "images from a latent diffusion checkpoint: checkpoint=<ckpt> output=<dir> [classes=[..]|prompts=[..]] ..."),
+    "experiment": ("latentbench.experiment:main",
+                   "run a paper experiment from experiments/<name>/ (--quick: minutes on a CPU) and write its tables"),
 }
 
 USAGE = "usage: latentbench <subcommand> [args]\n\nsubcommands:\n" + "\n".join(
-    f"  {name:<11} {text}" for name, text in SUBCOMMANDS.items()
+    f"  {name:<11} {text}" for name, (_, text) in SUBCOMMANDS.items()
 ) + "\n\n'latentbench <subcommand> --help' shows the options of one subcommand."
 
 
@@ -204,6 +215,14 @@ def run_train(args: list[str]) -> int:
     return max(failures, default=0)
 
 
+def subcommand(name: str):
+    """The function that runs subcommand ``name``, imported only when it is used."""
+    from hydra.utils import get_method
+
+    module, _, function = SUBCOMMANDS[name][0].partition(":")
+    return get_method(f"{module}.{function}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -211,20 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     try:
-        if command == "train":
-            return run_train(rest)
-        if command == "sweep":
-            from latentbench.sweep import main as sweep_main
-
-            return sweep_main(rest)
-        if command == "experiment":
-            from latentbench.experiment import main as experiment_main
-
-            return experiment_main(rest)
-        if command == "report":
-            from latentbench.report import main as report_main
-
-            return report_main(rest)
+        if command in SUBCOMMANDS:
+            return subcommand(command)(rest)
     except ConfigError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -30,7 +30,7 @@ TOP_LEVEL_TYPES = {
 }
 
 
-def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "trainer", "logger", "callbacks")) -> None:
+def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "corruption", "trainer", "logger", "callbacks")) -> None:
     """Raise ConfigError for the first missing value, unknown key or wrongly typed value in ``cfg``."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:

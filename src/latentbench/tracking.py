@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Literal
@@ -44,8 +45,16 @@ def make_wandb_logger(
     mode: WandbMode = "auto",
     log_model: bool = False,
     run_id: str | None = None,
+    flush_seconds: float = 2.0,
 ) -> WandbLogger:
-    """A Lightning WandbLogger whose run files live in the run directory ``save_dir/wandb``."""
+    """A Lightning WandbLogger whose run files live in the run directory ``save_dir/wandb``.
+
+    ``flush_seconds``: how often W&B writes what was logged to the run's ``.wandb`` file (W&B's own
+    default is 15 s); a process killed without warning loses at most that much of its record, and
+    the rest can still be uploaded with ``wandb sync``.
+    """
+    import wandb
+
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         save_dir=save_dir,
@@ -58,6 +67,7 @@ def make_wandb_logger(
         log_model=log_model,
         id=run_id,
         resume="allow" if run_id else None,
+        settings=wandb.Settings(x_transaction_log_flush_interval=flush_seconds),
     )
 
 
@@ -112,11 +122,50 @@ def git_commit() -> str | None:
 
 
 def write_metrics_json(path: str | Path, metrics: dict[str, Any]) -> None:
-    """Write ``metrics.json`` atomically (write a temporary file, then rename)."""
+    """Write ``metrics.json`` atomically (write a temporary file, then rename), secrets scrubbed."""
     path = Path(path)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(scrub_text(json.dumps(scrub(metrics), indent=2, sort_keys=True)) + "\n")
     os.replace(tmp, path)
+
+
+# Names of keys and environment variables that hold credentials: api_key, WANDB_API_KEY, HF_TOKEN, ...
+SECRET_NAME = re.compile(r"(^|_)(api_?key|token|secret|password|passwd|credentials?)($|_)", re.IGNORECASE)
+REDACTED = "***"
+
+
+def secret_values() -> list[str]:
+    """Values of environment variables that look like credentials (``WANDB_API_KEY``, ``HF_TOKEN``, ...)."""
+    values = {value for name, value in os.environ.items() if SECRET_NAME.search(name) and len(value) >= 8}
+    return sorted(values, key=len, reverse=True)  # longest first, so that no secret is left half-replaced
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with every credential value from the environment replaced by ``***``."""
+    for value in secret_values():
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def scrub(value: Any) -> Any:
+    """A copy of a (nested) config or result with secrets removed: values under credential-like keys
+    (``api_key``, ``token``, ...) and any credential value from the environment become ``***``."""
+    if isinstance(value, dict):
+        return {k: REDACTED if SECRET_NAME.search(str(k)) and v not in (None, "") else scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(scrub(v) for v in value)
+    if isinstance(value, str):
+        return scrub_text(value)
+    return value
+
+
+def scrub_files(paths: list[Path]) -> None:
+    """Rewrite text files (Hydra's saved config and overrides) with credential values replaced."""
+    for path in paths:
+        text = path.read_text()
+        clean = scrub_text(text)
+        if clean != text:
+            path.write_text(clean)
 
 
 def artifact_name(kind: str, run_id: str) -> str:

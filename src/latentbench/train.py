@@ -14,10 +14,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentbench.callbacks import BestValidationMetrics, RngStateCheckpoint, StopOnNonFiniteLoss
+from latentbench.checkpoints import ModelClassInCheckpoint, read_checkpoint
 from latentbench.config_check import check_config
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
-from latentbench.tracking import git_commit, log_run_artifacts, wandb_loggers, write_metrics_json
+from latentbench.tracking import git_commit, log_run_artifacts, scrub, scrub_files, wandb_loggers, write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +93,36 @@ def data_arguments(model_node: DictConfig, datamodule: pl.LightningDataModule) -
     return arguments
 
 
+def corruption_argument(cfg: DictConfig) -> dict[str, Any]:
+    """``{"corruption": <object>}`` from the ``corruption`` group for the data module, or ``{}`` for none."""
+    node = cfg.get("corruption")
+    if not node or "_target_" not in node:
+        return {}
+    import inspect
+
+    from hydra.utils import get_object
+
+    params = inspect.signature(get_object(cfg.data._target_)).parameters
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "corruption" not in params and not takes_kwargs:
+        raise ConfigError(f"corruption: {cfg.data._target_} cannot corrupt its inputs (use corruption=none)")
+    log.info("corruption: %s", node._target_)
+    return {"corruption": build(node, "corruption")}
+
+
 def build_run(cfg: DictConfig) -> dict[str, Any]:
     """Validate ``cfg`` and build data module, model, callbacks, loggers and trainer; loads no data."""
     check_config(cfg)
     check_hardware(cfg)
     log.info("data: %s", cfg.data._target_)
-    datamodule = build(cfg.data, "data")
+    datamodule = build(cfg.data, "data", **corruption_argument(cfg))
     log.info("model: %s", cfg.model._target_)
     model = build(cfg.model, "model", **data_arguments(cfg.model, datamodule), _recursive_=False, _convert_="all")
     callbacks = build_callbacks(cfg)
-    for always in (BestValidationMetrics, RngStateCheckpoint):
+    from latentbench.evaluation.fid import metric_callbacks
+
+    callbacks.extend(metric_callbacks(cfg, datamodule.image_shape))  # FID etc. (metrics group); validated here
+    for always in (BestValidationMetrics, RngStateCheckpoint, ModelClassInCheckpoint):
         if not any(isinstance(c, always) for c in callbacks):
             callbacks.append(always())
     callbacks.insert(0, StopOnNonFiniteLoss())  # first: no later callback may checkpoint a NaN state
@@ -175,6 +196,9 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         raise ConfigError(f"resume: {cfg.paths.output_dir} has no checkpoints/last.ckpt to resume from")
+    from hydra.utils import get_class
+
+    read_checkpoint(checkpoint, "resume", expected=get_class(cfg.model._target_))
     return str(checkpoint)
 
 
@@ -236,14 +260,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         if trainer.is_global_zero:
             write_run_info(output_dir, cfg, objects, "running")
+        scrub_files(sorted((output_dir / ".hydra").glob("*.yaml")))
         for logger in objects["loggers"]:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=False)
+            logger.log_hyperparams(scrub(OmegaConf.to_container(cfg, resolve=True)))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=True)
         metrics = collect_metrics(cfg, trainer, test_results, objects)
         if trainer.is_global_zero:
             write_metrics_json(output_dir / "metrics.json", metrics)
-            log_run_artifacts(objects["loggers"], output_dir, metrics.get("checkpoint"), metrics)
+            try:
+                log_run_artifacts(objects["loggers"], output_dir, metrics.get("checkpoint"), metrics)
+            except Exception as error:  # the run has finished: an upload problem must not mark it failed
+                log.warning("W&B artifacts not logged: %s", first_line(error))
             write_run_info(output_dir, cfg, objects, "finished")
             log.info("metrics: %s", output_dir / "metrics.json")
         failed = False
@@ -267,4 +295,6 @@ def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     if not key:
         return None
     value = metrics.get(key)
+    if value is None and metrics.get("status") == "finished":
+        log.warning("optimized_metric: %s is not among this run's metrics (e.g. model=classifier: use optimized_metric=test/loss)", key)
     return float(value) if value is not None else math.nan

@@ -12,6 +12,7 @@ applies ``limit``, holds each split as one tensor and serves batches as dicts::
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -19,6 +20,7 @@ import torch
 from datasets import Array3D, Dataset, DatasetDict, Features, Value
 from torch.utils.data import DataLoader, Sampler
 
+from latentbench.corruptions import Corruption, corrupt_images, evaluation_seed
 from latentbench.errors import ConfigError
 
 
@@ -41,6 +43,11 @@ class TensorSplit(torch.utils.data.Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, pixel_scale: float, flatten: bool):
         self.images, self.labels = images, labels
         self.pixel_scale, self.flatten = pixel_scale, flatten
+        # set by the data module: a training augmentation (applied to image and input alike) and
+        # the input corruption, with the seed of its per-example generators (None: fresh noise)
+        self.augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.corruption: Corruption | None = None
+        self.corruption_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,9 +55,14 @@ class TensorSplit(torch.utils.data.Dataset):
     def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, device=self.images.device)
         image = self.images[index].float().div_(self.pixel_scale)
+        if self.augment is not None:
+            image = self.augment(image)
+        batch = {"image": image, "label": self.labels[index]}
+        if self.corruption is not None:  # in image shape, before flattening
+            batch["input"] = corrupt_images(self.corruption, image, indices, self.corruption_seed)
         if self.flatten:
-            image = image.flatten(1)
-        return {"image": image, "label": self.labels[index]}
+            batch = {k: v.flatten(1) if k in ("image", "input") else v for k, v in batch.items()}
+        return batch
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -129,6 +141,9 @@ class ImageDataModule(pl.LightningDataModule):
         flatten (`bool`): serve images as vectors ``(B, C*H*W)`` instead of ``(B, C, H, W)``.
         on_device (`bool`): hold the splits on the training device (GPU) and slice batches there,
             so that the loader is never the bottleneck of a small model; needs ``num_workers: 0``.
+        corruption (`Corruption`, *optional*): corrupts the model input (``batch["input"]``) while
+            ``batch["image"]`` stays clean; passed in by ``latentbench train`` from the
+            ``corruption`` config group. Training draws fresh noise, val/test the same noise every run.
 
     ``batch_size`` is per process: under DDP each rank draws ``batch_size`` examples from its shard.
     """
@@ -144,6 +159,7 @@ class ImageDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         flatten: bool = False,
         on_device: bool = False,
+        corruption: Corruption | None = None,
     ):
         super().__init__()
         if on_device and num_workers > 0:
@@ -160,6 +176,7 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"val_size: a count must be positive, got {val_size}")
         self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
         self.val_size, self.split_seed, self.flatten, self.on_device = val_size, split_seed, flatten, on_device
+        self.corruption = corruption
         self.splits: dict[str, TensorSplit] = {}
 
     @property
@@ -203,6 +220,13 @@ class ImageDataModule(pl.LightningDataModule):
             if self.limit is not None:
                 split = split.select(range(min(self.limit, len(split))))
             self.splits[name] = self._to_tensors(split)
+            self.splits[name].corruption = self.corruption
+            self.splits[name].corruption_seed = evaluation_seed(name)
+        self.splits["train"].augment = self.train_augmentation()
+
+    def train_augmentation(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``(B, C, H, W) -> (B, C, H, W)`` random augmentation of training batches, or None."""
+        return None
 
     def _to_tensors(self, split: Dataset) -> TensorSplit:
         columns = split.with_format("numpy")[:]

@@ -1,0 +1,125 @@
+"""Time to quality: wall time for the MNIST deep autoencoder to beat the figures of Hinton &
+Salakhutdinov (2006): squared error per image below 13.87 (their PCA-30) and below 3.00 (their
+deep autoencoder).
+
+    uv run python -m bench.time_to_quality                       # default recipe, CPU
+    uv run python -m bench.time_to_quality --batch-size 256 --lr 2e-3 --precision bf16-mixed --compile
+    uv run python -m bench.time_to_quality --device cuda --on-device
+
+The run is an ordinary ``latentbench train experiment=hinton2006_ae30`` run with one extra callback
+that checks the validation squared error per image ``val_checks_per_epoch`` times an epoch and
+notes the wall time (since the start of training) at which each target is first beaten; the run stops
+when all targets are beaten or at ``--max-minutes``. The test error of the best checkpoint is
+reported beside it, so that a figure reached on validation can be checked on the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from bench.common import environment, write_result
+from latentbench.metrics import HINTON2006_MNIST_AE30_SSE, HINTON2006_MNIST_PCA30_SSE
+
+MNIST = os.environ.get("LATENTBENCH_DATA", "../shared/data") + "/mnist"
+CLOCK_FILE = "quality_clock.json"
+
+
+class QualityClock(pl.Callback):
+    """Notes when the monitored validation metric first drops below each target; stops when all are.
+
+    Writes ``<output_dir>/quality_clock.json``: ``{"<target>": {"seconds", "epoch", "step", "value"}}``.
+    """
+
+    def __init__(self, output_dir: str, targets: list[float], monitor: str = "val/recon_sse", max_minutes: float | None = None):
+        self.path = Path(output_dir) / CLOCK_FILE
+        self.targets, self.monitor, self.max_minutes = sorted(targets, reverse=True), monitor, max_minutes
+        self.reached: dict[str, dict] = {}
+        self.history: list[tuple[float, float]] = []
+        self.start = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        seconds = time.perf_counter() - self.start
+        value = float(trainer.callback_metrics[self.monitor])
+        self.history.append((round(seconds, 2), value))
+        for target in self.targets:
+            if str(target) not in self.reached and value < target:
+                self.reached[str(target)] = {"seconds": round(seconds, 2), "epoch": trainer.current_epoch,
+                                             "step": trainer.global_step, "value": value}
+        out_of_time = self.max_minutes is not None and seconds > 60 * self.max_minutes
+        if len(self.reached) == len(self.targets) or out_of_time:
+            trainer.should_stop = True
+        self.path.write_text(json.dumps({"reached": self.reached, "history": self.history}, indent=2))
+
+
+def run(args: argparse.Namespace) -> dict:
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latentbench.compose import compose_run_config
+    from latentbench.train import train
+
+    accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
+    targets = [HINTON2006_MNIST_PCA30_SSE, HINTON2006_MNIST_AE30_SSE]
+    with tempfile.TemporaryDirectory() as output_dir:
+        overrides = [
+            "experiment=hinton2006_ae30", f"data.root={MNIST}", f"data.batch_size={args.batch_size}",
+            f"model.optimizer.lr={args.lr}", f"trainer.accelerator={accelerator}", f"precision='{args.precision}'",
+            f"trainer.max_epochs={args.max_epochs}", f"trainer.val_check_interval={1 / args.val_checks_per_epoch}",
+            f"data.on_device={str(args.on_device).lower()}", f"compile.enabled={str(args.compile).lower()}",
+            "logger=wandb", "logger.wandb.mode=offline", *([f"data.limit={args.limit}"] if args.limit else []),
+            "+callbacks.quality_clock._target_=bench.time_to_quality.QualityClock",
+            f"+callbacks.quality_clock.output_dir={output_dir}",
+            f"+callbacks.quality_clock.targets=[{targets[0]},{targets[1]}]",
+            f"+callbacks.quality_clock.max_minutes={args.max_minutes}",
+        ]
+        cfg = compose_run_config(overrides, Path(output_dir))
+        start = time.perf_counter()
+        metrics = train(cfg)
+        total = time.perf_counter() - start
+        clock = json.loads((Path(output_dir) / CLOCK_FILE).read_text())
+        GlobalHydra.instance().clear()
+    return {
+        "recipe": {k: v for k, v in vars(args).items()},
+        "seconds_to_target": {target: clock["reached"].get(str(target), {}).get("seconds") for target in targets},
+        "reached": clock["reached"],
+        "val_history": clock["history"],
+        "test_recon_sse": metrics.get("test/recon_sse"),
+        "epochs": metrics.get("epochs"),
+        "total_seconds": round(total, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--precision", default="32")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--on-device", action="store_true")
+    parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--max-minutes", type=float, default=60.0)
+    parser.add_argument("--val-checks-per-epoch", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=None, help="first N images of each split (smoke runs only)")
+    args = parser.parse_args()
+    result = {"benchmark": "time_to_quality", **run(args), **environment(args.device)}
+    name = f"time_to_quality-{args.device.split(':')[0]}-bs{args.batch_size}-{args.precision}{'-compile' if args.compile else ''}"
+    path = write_result(name, result)
+    reached = ", ".join(f"< {t}: {s if s is not None else 'not reached'} s" for t, s in result["seconds_to_target"].items())
+    print(f"time to quality ({result['device']}, batch {args.batch_size}, {args.precision}): {reached}; "
+          f"test recon_sse {result['test_recon_sse']:.3f} after {result['epochs']} epochs -> {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation beyond the per-batch reconstruction metrics: FID/KID, embedding views, checkpoint eval."""

@@ -1,0 +1,226 @@
+"""Embedding views of a model's codes: 2-D maps (PCA, t-SNE, optional UMAP), kNN accuracy, a
+projector table with thumbnails, and the side-by-side figure of two runs (``latentbench embeddings``).
+
+``umap-learn`` is optional: UMAP views appear when it is installed and are skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+Method = Literal["pca", "tsne", "umap"]
+METHODS = ("pca", "tsne", "umap")
+
+
+def umap_installed() -> bool:
+    return importlib.util.find_spec("umap") is not None
+
+
+def project(codes: np.ndarray, method: Method, seed: int = 0) -> np.ndarray:
+    """``(N, D)`` codes -> ``(N, 2)`` by ``method``; codes with D <= 2 are shown as they are.
+
+    ``pca``: first two principal components; ``tsne``: scikit-learn t-SNE (PCA init);
+    ``umap``: umap-learn (raises ImportError when it is not installed).
+    """
+    if codes.shape[1] <= 2:
+        return codes if codes.shape[1] == 2 else np.concatenate([codes, np.zeros_like(codes)], axis=1)
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(codes)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, max(2.0, (len(codes) - 1) / 3)))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
+    if method == "umap":
+        import umap
+
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(codes)
+    raise ValueError(f"methods: {method!r} is not allowed (allowed: {', '.join(METHODS)})")
+
+
+def knn_accuracy(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray, test_labels: np.ndarray,
+                 neighbors: int = 5) -> float:
+    """Accuracy of a k-nearest-neighbour classifier fitted on train codes, scored on test codes."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    knn = KNeighborsClassifier(n_neighbors=min(neighbors, len(train_codes)))
+    return float(knn.fit(train_codes, train_labels).score(test_codes, test_labels))
+
+
+def pca_2d(train_codes: np.ndarray, test_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets in the first two principal components of the train codes (as they are when D <= 2)."""
+    if train_codes.shape[1] <= 2:
+        return train_codes, test_codes
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=2).fit(train_codes)
+    return pca.transform(train_codes), pca.transform(test_codes)
+
+
+@torch.no_grad()
+def encode_split(model: torch.nn.Module, split, count: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """``(codes (N, D), labels (N,), images (N, ...))`` of the first ``count`` items of a data split."""
+    codes, labels, images = [], [], []
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    for start in range(0, min(count, len(split)), batch_size):
+        batch = split[list(range(start, min(start + batch_size, count, len(split))))]
+        x = batch.get("input", batch["image"]).to(device)
+        codes.append(model.encode(x).float().cpu())
+        labels.append(batch["label"].cpu())
+        images.append(batch["image"].cpu())
+    return torch.cat(codes).numpy(), torch.cat(labels).numpy(), torch.cat(images)
+
+
+def thumbnail(image: torch.Tensor, shape: tuple[int, int, int], size: int = 32) -> np.ndarray:
+    """One image (any layout of ``shape``'s pixels) as an ``(size, size, 3)`` uint8 thumbnail."""
+    picture = image.detach().float().cpu().reshape(1, *shape).clamp(0, 1)
+    picture = torch.nn.functional.interpolate(picture, size=(size, size), mode="nearest")[0]
+    if picture.shape[0] == 1:
+        picture = picture.expand(3, -1, -1)
+    return (picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def log_projector_table(loggers: list, output_dir: str | Path, key: str, codes: np.ndarray, labels: np.ndarray,
+                        thumbnails: list[np.ndarray]) -> None:
+    """A table ``(label, thumbnail, z0..z{D-1})`` for W&B's embedding projector.
+
+    To W&B as a ``wandb.Table`` with ``wandb.Image`` thumbnails when a WandbLogger is active; else
+    ``output_dir/tables/<key>.csv`` whose ``thumbnail`` column names PNGs in ``tables/<key>_thumbnails/``.
+    """
+    from latentbench.tracking import wandb_loggers
+
+    columns = ["label", "thumbnail", *(f"z{i}" for i in range(codes.shape[1]))]
+    rows_n = len(thumbnails)
+    wandb = wandb_loggers(loggers)
+    if wandb:
+        import wandb as wandb_module
+
+        rows = [[int(labels[i]), wandb_module.Image(thumbnails[i]), *map(float, codes[i])] for i in range(rows_n)]
+        for logger in wandb:
+            logger.experiment.log({key: wandb_module.Table(columns=columns, data=rows)})
+        return
+    import csv
+
+    from PIL import Image
+
+    name = key.replace("/", "_")
+    folder = Path(output_dir) / "tables" / f"{name}_thumbnails"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (Path(output_dir) / "tables" / f"{name}.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for i in range(rows_n):
+            path = folder / f"{i:05d}.png"
+            Image.fromarray(thumbnails[i]).save(path)
+            writer.writerow([int(labels[i]), str(path.relative_to(output_dir)), *map(float, codes[i])])
+
+
+def side_by_side_image(panels: list[tuple[np.ndarray, np.ndarray, str]], point_size: float = 4.0) -> np.ndarray:
+    """Scatter plots ``[(points (N, 2), labels (N,), title), ...]`` next to each other, as ``(H, W, 3)`` uint8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), dpi=100, squeeze=False)
+    for axis, (points, labels, title) in zip(axes[0], panels):
+        scatter = axis.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=point_size)
+        axis.set_title(title)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    if len(np.unique(panels[0][1])) <= 20:
+        figure.colorbar(scatter, ax=list(axes[0]), ticks=np.unique(panels[0][1]))
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return image
+
+
+# -- latentbench embeddings <run A> <run B> ---------------------------------------------------------
+
+def run_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run was tested with (``metrics.json``'s ``checkpoint``), else ``checkpoints/last.ckpt``."""
+    import json
+
+    from latentbench.errors import ConfigError
+
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():
+        recorded = json.loads(metrics_file.read_text()).get("checkpoint")
+        if recorded and Path(recorded).is_file():
+            return Path(recorded)
+    for candidate in sorted((run_dir / "checkpoints").glob("best*.ckpt")) + [run_dir / "checkpoints" / "last.ckpt"]:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{run_dir}: no checkpoint found (expected metrics.json's checkpoint or checkpoints/*.ckpt)")
+
+
+def load_run(run_dir: str | Path) -> tuple[Any, Any, Any]:
+    """``(model, datamodule, cfg)`` of a finished run directory, the model loaded from its checkpoint."""
+    from hydra.utils import get_object, instantiate
+    from omegaconf import OmegaConf
+
+    from latentbench.errors import ConfigError
+
+    run_dir = Path(run_dir)
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{run_dir}: not a latentbench run directory (no .hydra/config.yaml)")
+    cfg = OmegaConf.load(config_file)
+    checkpoint = run_checkpoint(run_dir)
+    model_class = get_object(cfg.model._target_)
+    try:
+        model = model_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:
+        from latentbench.errors import first_line
+
+        raise ConfigError(f"{checkpoint}: cannot load as {cfg.model._target_} ({first_line(error)[:160]})") from None
+    datamodule = instantiate(cfg.data)
+    return model.eval(), datamodule, cfg
+
+
+def compare_runs(run_dirs: list[str], out: str, max_points: int = 2000, method: Method = "pca") -> Path:
+    """Draw the 2-D test codes of each run side by side (Hinton & Salakhutdinov 2006, Fig. 3) into ``out``."""
+    from PIL import Image
+
+    panels = []
+    for run_dir in map(Path, run_dirs):
+        model, datamodule, cfg = load_run(run_dir)
+        datamodule.setup("test")
+        codes, labels, _ = encode_split(model, datamodule.splits["test"], max_points)
+        how = "codes" if codes.shape[1] <= 2 else f"{method.upper()} of {codes.shape[1]}-d codes"
+        panels.append((project(codes, method), labels, f"{cfg.model._target_.rsplit('.', 1)[-1]} {run_dir.name}: {how}"))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(side_by_side_image(panels)).save(path)
+    return path
+
+
+def main(args: list[str]) -> int:
+    """``latentbench embeddings <run dir A> <run dir B> [--out file.png] [--max-points N] [--method pca|tsne|umap]``."""
+    parser = argparse.ArgumentParser(prog="latentbench embeddings",
+                                     description="side-by-side 2-D test codes of trained runs (e.g. PCA vs an AE with a 2-D bottleneck)")
+    parser.add_argument("runs", nargs="+", help="run directories (outputs/<run name>)")
+    parser.add_argument("--out", default="embeddings.png", help="output PNG (default: embeddings.png)")
+    parser.add_argument("--max-points", type=int, default=2000, help="test images per run (default: 2000)")
+    parser.add_argument("--method", choices=METHODS, default="pca", help="2-D map for codes larger than 2 (default: pca)")
+    options = parser.parse_args(args)
+    if options.method == "umap" and not umap_installed():
+        from latentbench.errors import ConfigError
+
+        raise ConfigError("--method umap: umap-learn is not installed (pip install umap-learn, or use pca / tsne)")
+    path = compare_runs(options.runs, options.out, options.max_points, options.method)
+    print(f"wrote {path}")
+    return 0

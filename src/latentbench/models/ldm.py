@@ -1,0 +1,549 @@
+"""Latent diffusion (Rombach et al. 2022, small): a diffusers U-Net denoising a frozen first stage's latents.
+
+The module owns four replaceable parts, each built from its own config node:
+
+- ``first_stage``: a trained ``model=ae_kl`` checkpoint (frozen, eval); without one the model
+  works in pixel space (x -> 2x - 1), the pixel-space baseline;
+- ``unet``: a ``_target_`` returning a diffusers U-Net for the latent shape and the conditioning
+  (default :func:`build_unet`: ``UNet2DModel``, or ``UNet2DConditionModel`` for text);
+- ``noise_scheduler``: a ``_target_`` diffusers scheduler that defines the forward process
+  (``DDPMScheduler``); sampling rebuilds DDPM, DDIM or DPM-Solver from its config;
+- the conditioner (``conditioning: none | class | text``, see ``models/conditioning.py``).
+
+Latents are divided by their standard deviation, measured on the training data at the start of
+fit and kept in the checkpoint (``latent_std``), so that the U-Net sees unit-variance inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel, UNet2DModel
+from hydra.utils import instantiate
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from latentbench.checkpoints import read_checkpoint
+from latentbench.metrics import reconstruction_metrics
+from latentbench.models.ae_kl import AutoencoderKL
+from latentbench.models.base import DEFAULT_OPTIMIZER, check_positive
+from latentbench.models.conditioning import ClassConditioning, NoConditioning, TextConditioning, concat_conditions
+
+log = logging.getLogger(__name__)
+
+Conditioning = Literal["none", "class", "text"]
+PredictionType = Literal["epsilon", "v_prediction"]
+Sampler = Literal["ddpm", "ddim", "dpm"]
+SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+DEFAULT_NOISE_SCHEDULER = {"_target_": "diffusers.DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"}
+DEFAULT_FID = {"enabled": False, "features": "domain", "checkpoint": None, "weights_path": None, "num_samples": 256,
+               "batch_size": 64}
+DEFAULT_UNET = {"_target_": "latentbench.models.ldm.build_unet"}
+DEFAULT_SAMPLING = {"every_n_epochs": 1, "sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "seed": 0,
+                    "per_condition": 4, "prompts": None, "classes": None}
+
+
+def check_keys(name: str, options: dict | None, allowed) -> None:
+    """Refuse a key of a plain (non-``_target_``) option dict that nothing reads, e.g. a typo."""
+    for key in options or {}:
+        if key not in allowed:
+            raise ValueError(f"{name}.{key}: unknown key (allowed: {', '.join(allowed)})")
+
+
+def build_unet(
+    sample_size: int,
+    in_channels: int,
+    block_out_channels: list[int] = (32, 64),
+    layers_per_block: int = 1,
+    attention: list[bool] = (False, True),
+    attention_head_dim: int = 8,
+    norm_num_groups: int = 8,
+    num_class_embeds: int | None = None,
+    cross_attention_dim: int | None = None,
+) -> nn.Module:
+    """A small diffusers U-Net: ``(B, in_channels, S, S), t -> (B, in_channels, S, S)``.
+
+    Args:
+        sample_size, in_channels: the latent's side and channels (filled in by the LDM).
+        block_out_channels (`list[int]`): width of each level; the latent side must be divisible by
+            ``2 ** (len(block_out_channels) - 1)``.
+        layers_per_block (`int`): ResNet blocks per level.
+        attention (`list[bool]`): per level, whether it has (self- or cross-) attention.
+        attention_head_dim, norm_num_groups: as in diffusers.
+        num_class_embeds (`int`, *optional*): class conditioning (``UNet2DModel`` class embedding).
+        cross_attention_dim (`int`, *optional*): text conditioning: a ``UNet2DConditionModel``
+            cross-attending to ``(B, T, cross_attention_dim)`` hidden states.
+    """
+    if len(attention) != len(block_out_channels):
+        raise ValueError(f"unet.attention: needs one entry per level ({len(block_out_channels)}), got {list(attention)}")
+    if any(width % norm_num_groups for width in block_out_channels):
+        raise ValueError(f"unet.norm_num_groups: {norm_num_groups} must divide every entry of unet.block_out_channels {list(block_out_channels)}")
+    common = dict(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+                  block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block, norm_num_groups=norm_num_groups)
+    if cross_attention_dim is not None:
+        return UNet2DConditionModel(
+            **common,
+            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=attention_head_dim,
+        )
+    return UNet2DModel(
+        **common,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+        attention_head_dim=attention_head_dim,
+        num_class_embeds=num_class_embeds,
+    )
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A run directory stands for its best checkpoint (``metrics.json``'s ``checkpoint``), else its ``last.ckpt``.
+
+    Lets a user write ``...checkpoint=outputs/<run>`` instead of quoting ``best-epoch=003.ckpt``,
+    whose ``=`` Hydra's override grammar would otherwise refuse.
+    """
+    run = Path(path)
+    if not run.is_dir():
+        return path
+    metrics = run / "metrics.json"
+    if metrics.is_file():
+        import json
+
+        best = json.loads(metrics.read_text()).get("checkpoint")
+        if best and Path(best).is_file():
+            return best
+    return str(run / "checkpoints" / "last.ckpt")
+
+
+def load_first_stage(spec: dict[str, Any]) -> tuple[AutoencoderKL | None, dict[str, Any]]:
+    """``(frozen ae_kl or None for pixel space, spec to save)`` from ``{"checkpoint": path}``.
+
+    The saved spec adds ``config`` (the autoencoder's hyperparameters), so that an LDM checkpoint
+    rebuilds its first stage without the original file (the weights are in its own state_dict).
+    """
+    config, checkpoint_path = spec.get("config"), spec.get("checkpoint")
+    if config is None and checkpoint_path is None:
+        return None, {"checkpoint": None}
+    if config is None:
+        checkpoint_path = resolve_checkpoint(checkpoint_path)
+        checkpoint = read_checkpoint(checkpoint_path, "model.first_stage.checkpoint", expected=AutoencoderKL)
+        config = dict(checkpoint["hyper_parameters"])
+        model = AutoencoderKL(**config)
+        try:
+            model.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as error:
+            raise ValueError(f"first_stage.checkpoint: {checkpoint_path} does not match its own ae_kl config ({str(error).splitlines()[0][:120]})") from None
+    else:
+        model = AutoencoderKL(**config)
+    model.requires_grad_(False)
+    model.eval()
+    return model, {"checkpoint": checkpoint_path, "config": config}
+
+
+def load_text_encoder(spec: dict[str, Any]) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """``(open_clip CLIP, tokenizer, spec to save)`` from ``{"checkpoint"|"model_name"+"pretrained"|"model_cfg"}``.
+
+    ``checkpoint``/``model_name`` go through ``latentbench.models.clip.load_clip``; ``model_cfg``
+    (open_clip ``CLIP`` kwargs) builds the architecture alone, which is how a saved LDM rebuilds
+    its text tower (the weights are in the LDM's state_dict).
+    """
+    import open_clip
+
+    model_cfg = spec.get("model_cfg")
+    if model_cfg is None:
+        from latentbench.models.clip import load_clip
+
+        if spec.get("checkpoint") is None and spec.get("model_name") is None:
+            raise ValueError("text_encoder: text conditioning needs text_encoder.checkpoint (a model=clip run) or text_encoder.model_name (+ pretrained)")
+        clip, tokenizer = load_clip(checkpoint=spec.get("checkpoint"), model_name=spec.get("model_name"), pretrained=spec.get("pretrained"))
+        if spec.get("checkpoint") is not None:
+            model_cfg = dict(read_checkpoint(spec["checkpoint"], "model.text_encoder.checkpoint")["hyper_parameters"]["model_cfg"])
+        return clip, tokenizer, {**spec, "model_cfg": model_cfg}
+    clip = open_clip.CLIP(**model_cfg)
+    context_length = clip.positional_embedding.shape[0]
+    return clip, open_clip.tokenizer.SimpleTokenizer(context_length=context_length), dict(spec)
+
+
+class LatentDiffusion(pl.LightningModule):
+    """A diffusion model on a frozen first stage's latents (or on pixels), optionally conditioned.
+
+    Args:
+        input_shape (`list[int]`): ``(C, H, W)`` of the data (filled in by ``latentbench train``).
+        conditioning (`str`): ``none``, ``class`` (needs ``num_classes``) or ``text`` (needs captions).
+        first_stage (`dict`): ``{"checkpoint": <ae_kl .ckpt> or null}``; null = pixel space.
+        unet (`dict`): ``_target_`` building the U-Net, called with ``sample_size``, ``in_channels``
+            and the conditioner's arguments; defaults to :func:`build_unet`.
+        noise_scheduler (`dict`): ``_target_`` of a diffusers scheduler (the forward process), built
+            with ``prediction_type``.
+        prediction_type (`str`): what the U-Net predicts: ``epsilon`` (the noise) or ``v_prediction``.
+        text_encoder (`dict`): for ``text``: ``checkpoint`` (our ``model=clip``) or ``model_name`` +
+            ``pretrained`` (open_clip weights, online).
+        condition_dropout (`float`): probability of training on the null condition (for guidance).
+        ema_decay (`float`, *optional*): EMA of the U-Net weights, used for sampling; null disables it.
+        latent_std_batches (`int`): training batches used to measure the latent standard deviation.
+        sampling (`dict`): sample grids at validation: ``every_n_epochs``, ``sampler``, ``steps``,
+            ``guidance_scale``, ``seed``, ``per_condition``, ``prompts``, ``classes``.
+        fid (`dict`, *optional*): sample FID at validation/test (see ``latentbench.evaluation.fid``);
+            ``{"enabled": bool, "num_samples": int, ...}``.
+        num_classes (`int`, *optional*), has_captions (`bool`): from the data module.
+        optimizer, scheduler (`dict`): ``_target_`` configs as in :class:`ReconstructionModel`.
+
+    Shapes: images ``(B, C, H, W)`` in [0, 1]; latents ``(B, c, H/f, W/f)``.
+    """
+
+    def __init__(
+        self,
+        input_shape: list[int],
+        conditioning: Conditioning = "none",
+        first_stage: dict | None = None,
+        unet: dict | None = None,
+        noise_scheduler: dict | None = None,
+        prediction_type: PredictionType = "epsilon",
+        text_encoder: dict | None = None,
+        condition_dropout: float = 0.1,
+        ema_decay: float | None = 0.999,
+        latent_std_batches: int = 8,
+        sampling: dict | None = None,
+        fid: dict | None = None,
+        num_classes: int | None = None,
+        has_captions: bool = False,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if len(self.input_shape) != 3:
+            raise ValueError(f"input_shape: latent diffusion needs (C, H, W) images, got {self.input_shape} (set data.flatten=false)")
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout: must lie in [0, 1), got {condition_dropout}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay: must lie in (0, 1) or be null, got {ema_decay}")
+        check_positive("latent_std_batches", latent_std_batches)
+        check_keys("first_stage", first_stage, ("checkpoint", "config"))
+        check_keys("sampling", sampling, DEFAULT_SAMPLING)
+        check_keys("fid", fid, DEFAULT_FID)
+        check_keys("text_encoder", text_encoder, ("checkpoint", "model_name", "pretrained", "model_cfg"))
+        self.conditioner = self._build_conditioner(conditioning, num_classes, has_captions, text_encoder or {})
+        self.first_stage, self.hparams["first_stage"] = load_first_stage(first_stage or {})
+        self.latent_shape = self._latent_shape()
+        unet_cfg = dict(unet or DEFAULT_UNET)
+        self.unet = self._build_unet(unet_cfg)
+        self.noise_scheduler = instantiate(noise_scheduler or DEFAULT_NOISE_SCHEDULER, prediction_type=prediction_type)
+        self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+        if self.sampling["sampler"] not in SAMPLERS:
+            raise ValueError(f"sampling.sampler: {self.sampling['sampler']!r} is not a sampler (allowed: {', '.join(SAMPLERS)})")
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+        self.register_buffer("latent_std", torch.tensor(1.0))
+        self.register_buffer("latent_std_measured", torch.tensor(False))
+        self.fid_options = {**DEFAULT_FID, **(fid or {})}
+        self._fid = [self._build_fid()]  # a list: kept out of the module tree, so not in checkpoints
+        self._real: dict[str, list] = {"image": [], "label": [], "caption": []}
+        self.val_metrics = reconstruction_metrics("val/first_stage/", True)
+        self.test_metrics = reconstruction_metrics("test/first_stage/", True)
+
+    # -- construction ------------------------------------------------------------------------
+    def _build_conditioner(self, conditioning: str, num_classes: int | None, has_captions: bool, text_encoder: dict) -> nn.Module:
+        if conditioning == "none":
+            return NoConditioning()
+        if conditioning == "class":
+            if num_classes is None:
+                raise ValueError("conditioning: 'class' needs labelled data with classes, but this data module has num_classes=None")
+            return ClassConditioning(num_classes)
+        if conditioning == "text":
+            if not has_captions:
+                raise ValueError("conditioning: 'text' needs image-text data with captions (data=shapes or data=laion); this data module has none")
+            clip, tokenizer, saved = load_text_encoder(text_encoder)
+            self.hparams["text_encoder"] = saved
+            prompts = (self.hparams.get("sampling") or {}).get("prompts")
+            return TextConditioning(clip, tokenizer, prompts)
+        raise ValueError(f"conditioning: {conditioning!r} is not allowed (allowed: none, class, text)")
+
+    def _build_fid(self):
+        """The sample-FID evaluator of ``latentbench.evaluation.fid`` when ``fid.enabled``, else None."""
+        options = self.fid_options
+        if not options["enabled"]:
+            return None
+        check_positive("fid.num_samples", options["num_samples"])
+        from latentbench.evaluation.fid import make_fid
+
+        return make_fid(options["features"], checkpoint=options["checkpoint"], weights_path=options["weights_path"], key="model.fid")
+
+    def _latent_shape(self) -> tuple[int, int, int]:
+        if self.first_stage is None:
+            return self.input_shape
+        if tuple(self.first_stage.input_shape) != self.input_shape:
+            raise ValueError(
+                f"first_stage.checkpoint: {self.hparams.first_stage['checkpoint']} was trained on images of shape "
+                f"{list(self.first_stage.input_shape)}, but the data gives {list(self.input_shape)}"
+            )
+        return tuple(self.first_stage.latent_shape)
+
+    def _build_unet(self, unet_cfg: dict) -> nn.Module:
+        channels, height, width = self.latent_shape
+        levels = len(unet_cfg.get("block_out_channels", (32, 64)))
+        step = 2 ** (levels - 1)
+        if height != width or height % step:
+            where = f"the latents of first_stage.checkpoint {self.hparams.first_stage['checkpoint']}" if self.first_stage else "the images (pixel space)"
+            raise ValueError(
+                f"unet.block_out_channels: {where} are {channels}x{height}x{width}; a U-Net with {levels} levels needs "
+                f"square sides divisible by {step} (use fewer levels or another first-stage factor)"
+            )
+        return instantiate(unet_cfg, sample_size=height, in_channels=channels, **self.conditioner.unet_arguments())
+
+    def train(self, mode: bool = True) -> "LatentDiffusion":
+        super().train(mode)
+        if self.first_stage is not None:
+            self.first_stage.eval()  # frozen
+        return self
+
+    # -- latents -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` in [0, 1] -> unit-scale latents ``(B, c, h, w)``."""
+        latents = images * 2.0 - 1.0 if self.first_stage is None else self.first_stage.encode_latents(images)
+        return latents / self.latent_std
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unit-scale latents ``(B, c, h, w)`` -> images ``(B, C, H, W)`` clipped to [0, 1]."""
+        latents = latents * self.latent_std
+        images = (latents + 1.0) / 2.0 if self.first_stage is None else self.first_stage.decode_latents(latents)
+        return images.clamp(0.0, 1.0)
+
+    def choose_prompts(self, loader, count: int = 4) -> None:
+        """Fix the sample grid's prompts to the first ``count`` distinct validation captions (saved in hparams)."""
+        prompts: list[str] = []
+        for batch in loader:
+            prompts += [c for c in batch["caption"] if c and c not in prompts]
+            if len(prompts) >= count:
+                break
+        self.sampling["prompts"] = prompts[:count]
+        self.hparams["sampling"] = {**(self.hparams.get("sampling") or {}), "prompts": prompts[:count]}
+        log.info("sample grid prompts (from the validation captions): %s", prompts[:count])
+
+    @torch.no_grad()
+    def measure_latent_std(self, loader) -> float:
+        """Standard deviation of the first stage's latents over the first ``latent_std_batches`` batches."""
+        total, total_sq, count = 0.0, 0.0, 0
+        for index, batch in enumerate(loader):
+            if index >= self.hparams.latent_std_batches:
+                break
+            images = batch["image"].to(self.device)
+            latents = images * 2.0 - 1.0 if self.first_stage is None else self.first_stage.encode_latents(images)
+            latents = latents.double()
+            total, total_sq, count = total + latents.sum().item(), total_sq + (latents**2).sum().item(), count + latents.numel()
+        mean = total / count
+        return math.sqrt(max(total_sq / count - mean**2, 1e-12))
+
+    def on_fit_start(self) -> None:
+        if isinstance(self.conditioner, TextConditioning) and not self.sample_requests():
+            self.choose_prompts(self.trainer.datamodule.val_dataloader())
+        if bool(self.latent_std_measured):
+            return
+        std = self.measure_latent_std(self.trainer.datamodule.train_dataloader())
+        std = float(self.trainer.strategy.broadcast(std))
+        self.latent_std.fill_(std)
+        self.latent_std_measured.fill_(True)
+        log.info("latent std measured on the training data: %.4f", std)
+        for logger in self.trainer.loggers:
+            logger.log_metrics({"latent_std": std}, step=self.global_step)
+
+    # -- diffusion loss ----------------------------------------------------------------------
+    def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None, drop_probability: float = 0.0) -> torch.Tensor:
+        """Mean squared error of the U-Net's prediction (noise or v) at uniformly drawn timesteps."""
+        latents = self.encode(batch["image"])
+        shape, device = latents.shape, latents.device
+        noise = torch.randn(shape, generator=generator, device="cpu").to(device) if generator else torch.randn_like(latents)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = (torch.randint(0, steps, (shape[0],), generator=generator, device="cpu") if generator
+                     else torch.randint(0, steps, (shape[0],))).to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        condition = self.conditioner.from_batch(batch, drop_probability, generator)
+        prediction = self.unet(noisy, timesteps, **condition).sample
+        target = noise if self.hparams.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        return nn.functional.mse_loss(prediction.float(), target.float())
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch, drop_probability=self.hparams.condition_dropout)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.unet)
+
+    def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+        # fixed noise and timesteps per batch: val/loss is comparable across epochs
+        generator = torch.Generator().manual_seed(batch_idx)
+        images = batch["image"]
+        loss = self.diffusion_loss(batch, generator)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=len(images))
+        latents = self.encode(images)
+        reconstruction = self.decode(latents)
+        if self.first_stage is not None:  # pixel space reconstructs exactly: nothing to measure
+            metrics = self.val_metrics if stage == "val" else self.test_metrics
+            metrics.update(reconstruction.float(), images.float())
+            self.log_dict(metrics, batch_size=len(images))
+        self._keep_real(batch)
+        return {"reconstruction": reconstruction, "codes": latents.flatten(1)}
+
+    def _keep_real(self, batch: dict) -> None:
+        """The first ``fid.num_samples`` evaluation images (and their labels/captions), for sample FID."""
+        if self._fid[0] is None:
+            return
+        room = self.fid_options["num_samples"] - sum(len(x) for x in self._real["image"])
+        if room <= 0:
+            return
+        self._real["image"].append(batch["image"][:room].detach().cpu())
+        self._real["label"].extend(batch["label"][:room].tolist())
+        self._real["caption"].extend(list(batch.get("caption", []))[:room])
+
+    def on_validation_epoch_start(self) -> None:
+        self._real = {"image": [], "label": [], "caption": []}
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def sample_fid(self) -> dict[str, float]:
+        """FID of samples vs the kept evaluation images, sampling the same classes/captions they have.
+
+        Uses the configured sampler, steps, guidance and seed, so the number is comparable across
+        epochs; the keys are the evaluator's (``fid_domain`` / ``fid_inception``).
+        """
+        evaluator = self._fid[0].to(self.device)
+        evaluator.reset()
+        real = torch.cat(self._real["image"])
+        if isinstance(self.conditioner, ClassConditioning):
+            requests = self._real["label"]
+        elif isinstance(self.conditioner, TextConditioning):
+            requests = self._real["caption"]
+        else:
+            requests = None
+        options = {key: self.sampling[key] for key in ("sampler", "steps", "guidance_scale")}
+        size = self.fid_options["batch_size"]
+        for start in range(0, len(real), size):
+            chunk = None if requests is None else list(requests[start : start + size])
+            count = min(size, len(real) - start)
+            fake = self.sample(chunk, per_condition=1 if chunk is not None else count, seed=self.sampling["seed"] + start, **options)
+            evaluator.update(real[start : start + count].to(self.device), fake)
+        return evaluator.compute()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, batch_idx, "test")
+
+    # -- sampling ----------------------------------------------------------------------------
+    def denoiser(self) -> nn.Module:
+        """The EMA U-Net once it has averaged at least one step, else the trained one."""
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return self.ema.module
+        return self.unet
+
+    @torch.no_grad()
+    def sample(
+        self,
+        requests: list | None = None,
+        per_condition: int = 1,
+        sampler: Sampler = "ddim",
+        steps: int = 50,
+        guidance_scale: float = 1.0,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """Generate ``len(requests) * per_condition`` images ``(N, C, H, W)`` in [0, 1].
+
+        ``requests`` are class ids (class conditioning), prompts (text) or None (unconditional:
+        ``per_condition`` images). Image i starts from noise seeded with ``seed + i`` and the
+        sampler's own noise comes from a generator seeded with ``seed``, so the same call gives the
+        same images in every epoch and run. ``guidance_scale`` > 1 applies classifier-free guidance:
+        ``uncond + scale * (cond - uncond)``.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler: {sampler!r} is not a sampler (allowed: {', '.join(SAMPLERS)})")
+        check_positive("steps", steps)
+        check_positive("per_condition", per_condition)
+        unet = self.denoiser()
+        was_training = unet.training
+        unet.eval()
+        device = self.latent_std.device
+        expanded = None if requests is None else [r for r in requests for _ in range(per_condition)]
+        count = per_condition if expanded is None else len(expanded)
+        condition = self.conditioner.from_requests(expanded, device) if expanded is not None else {}
+        guided = guidance_scale != 1.0 and expanded is not None and condition
+        if guided:
+            condition = concat_conditions(self.conditioner.null(count, device), condition)
+        scheduler = SAMPLERS[sampler].from_config(self.noise_scheduler.config)
+        scheduler.set_timesteps(steps)
+        noise = torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(count)])
+        latents = noise.to(device) * scheduler.init_noise_sigma
+        generator = torch.Generator().manual_seed(seed)
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+            prediction = unet(model_input, t.to(device), **condition).sample
+            if guided:
+                unconditional, conditional = prediction.chunk(2)
+                prediction = unconditional + guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
+        unet.train(was_training)
+        return self.decode(latents)
+
+    def sample_requests(self) -> list | None:
+        """The classes/prompts of the logged sample grids: ``sampling.classes``/``prompts`` or the conditioner's defaults."""
+        configured = self.sampling.get("classes") if isinstance(self.conditioner, ClassConditioning) else self.sampling.get("prompts")
+        return list(configured) if configured else self.conditioner.default_requests()
+
+    def sample_grid(self, **overrides: Any) -> tuple[torch.Tensor, list | None]:
+        """Samples for the configured requests, ``(rows * per_condition, C, H, W)``, and the requests."""
+        options = {key: self.sampling[key] for key in ("per_condition", "sampler", "steps", "guidance_scale", "seed")}
+        options.update(overrides)
+        requests = self.sample_requests()
+        return self.sample(requests, **options), requests
+
+    def on_validation_epoch_end(self) -> None:
+        every = self.sampling.get("every_n_epochs")
+        if self.trainer.sanity_checking or not every or (self.current_epoch + 1) % every:
+            return
+        self.log_samples("val/samples")
+        if self._fid[0] is not None and self._real["image"]:
+            self.log_dict({f"val/sample_{k}": v for k, v in self.sample_fid().items()})
+
+    def on_test_epoch_end(self) -> None:
+        if self.sampling.get("every_n_epochs"):
+            self.log_samples("test/samples")
+        if self._fid[0] is not None and self._real["image"]:
+            self.log_dict({f"test/sample_{k}": v for k, v in self.sample_fid().items()})
+
+    def log_samples(self, key: str) -> None:
+        """Log the fixed-seed sample grid (one row per class/prompt) with ``tracking.log_image``."""
+        from latentbench.callbacks import grid_image
+        from latentbench.tracking import log_image
+
+        images, requests = self.sample_grid()
+        if not self.trainer.is_global_zero:
+            return
+        per_row = self.sampling["per_condition"] if requests else min(len(images), 8)
+        rows = list(images.float().cpu().split(per_row))
+        if len(rows[-1]) != per_row:
+            rows = rows[:-1] or rows
+        caption = "rows: " + " | ".join(map(str, requests)) if requests else "unconditional samples"
+        log_image(self.trainer.loggers, self.trainer.default_root_dir, key, grid_image(rows), self.global_step, caption)
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.unet.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler_cfg = dict(self.hparams.scheduler)
+        interval = scheduler_cfg.pop("interval", "epoch")
+        scheduler = instantiate(scheduler_cfg, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

@@ -1,0 +1,173 @@
+"""``latentbench sample``: images from a trained latent diffusion checkpoint.
+
+    latentbench sample checkpoint=<ldm .ckpt or run dir> output=<dir> [prompts=[...]] [classes=[...]]
+        [sampler=ddim] [steps=50] [guidance_scale=3.0] [seed=0] [per_condition=4] [device=auto] [wandb=auto]
+
+writes ``<output>/grid.png`` (one row per class/prompt), one PNG per image and ``samples.json``
+(what was asked for, and which file holds which image). With ``wandb=auto`` the grid also goes to
+the training run's W&B run when it had one (``wandb=false`` skips it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from latentbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "checkpoint": None,
+    "output": None,
+    "prompts": None,
+    "classes": None,
+    "sampler": "ddim",
+    "steps": 50,
+    "guidance_scale": 3.0,
+    "seed": 0,
+    "per_condition": 4,
+    "device": "auto",
+    "wandb": "auto",
+}
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+def parse_arguments(args: list[str]) -> dict[str, Any]:
+    """``key=value`` arguments (YAML values: ``classes=[1,2]``, ``prompts=['a red circle']``) over DEFAULTS."""
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"sample: argument {arg!r} is not key=value (see latentbench sample --help)")
+    try:
+        given = OmegaConf.to_container(OmegaConf.from_dotlist(args))
+    except Exception as error:
+        raise ConfigError(f"sample: cannot parse the arguments ({str(error).splitlines()[0]})") from None
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"sample: unknown argument {unknown[0]!r} (allowed: {', '.join(DEFAULTS)})")
+    options = {**DEFAULTS, **given}
+    for key in ("checkpoint", "output"):
+        if options[key] is None:
+            raise ConfigError(f"{key}: missing required value (latentbench sample checkpoint=<ldm ckpt> output=<dir>)")
+    for key in ("prompts", "classes"):
+        if options[key] is not None and not isinstance(options[key], list):
+            options[key] = [options[key]]
+    if options["prompts"] is not None and options["classes"] is not None:
+        raise ConfigError("prompts/classes: give one of them (prompts for a text model, classes for a class model)")
+    return options
+
+
+def load_model(checkpoint: str, device: str):
+    """The LDM of a checkpoint file or run directory, on ``device`` (auto: CUDA when present), in eval mode."""
+    from latentbench.checkpoints import read_checkpoint
+    from latentbench.models.ldm import LatentDiffusion, resolve_checkpoint
+
+    path = resolve_checkpoint(str(checkpoint))
+    read_checkpoint(path, "checkpoint", expected=LatentDiffusion)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = LatentDiffusion.load_from_checkpoint(path, map_location=device, weights_only=True)
+    return model.eval(), path
+
+
+def requests_of(model, options: dict[str, Any]) -> list | None:
+    """What to sample: the classes/prompts asked for, else the model's configured grid; checked against its conditioning."""
+    from latentbench.models.conditioning import ClassConditioning, NoConditioning, TextConditioning
+
+    conditioner = model.conditioner
+    if isinstance(conditioner, NoConditioning):
+        if options["prompts"] or options["classes"]:
+            raise ConfigError("prompts/classes: this model is unconditional (conditioning=none); leave them out")
+        return None
+    if isinstance(conditioner, ClassConditioning):
+        if options["prompts"]:
+            raise ConfigError("prompts: this model is class-conditional; give classes=[...] instead")
+        return options["classes"] or model.sample_requests()
+    if isinstance(conditioner, TextConditioning) and options["classes"]:
+        raise ConfigError("classes: this model is text-conditional; give prompts=[...] instead")
+    requests = options["prompts"] or model.sample_requests()
+    if not requests:
+        raise ConfigError("prompts: this text model has no default prompts; give prompts=['a red circle ...', ...]")
+    return [str(r) for r in requests]
+
+
+def image_name(requests: list | None, row: int, column: int, index: int) -> str:
+    """``class3_00.png`` (class models), ``prompt01_00.png`` (text; samples.json maps it to its prompt), ``sample_007.png``."""
+    if requests is None:
+        return f"sample_{index:03d}.png"
+    if isinstance(requests[row], int):
+        return f"class{requests[row]}_{column:02d}.png"
+    return f"prompt{row:02d}_{column:02d}.png"
+
+
+def save_images(images: torch.Tensor, requests: list | None, per_condition: int, output: Path) -> dict[str, Any]:
+    """``grid.png`` + one PNG per image under ``output``; returns the file index for samples.json."""
+    from PIL import Image
+
+    from latentbench.callbacks import grid_image
+
+    output.mkdir(parents=True, exist_ok=True)
+    per_row = per_condition
+    rows = list(images.float().cpu().split(per_row))
+    grid = grid_image(rows)
+    Image.fromarray(grid).save(output / "grid.png")
+    files = []
+    for index, image in enumerate(images.float().cpu()):
+        row, column = divmod(index, per_row)
+        name = image_name(requests, row, column, index)
+        pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(output / name)
+        files.append({"file": name, "condition": None if requests is None else requests[row], "index": column})
+    return {"grid": "grid.png", "images": files, "grid_array": grid}
+
+
+def log_to_wandb(checkpoint_path: str, grid: np.ndarray, caption: str) -> str | None:
+    """Log the grid to the W&B run of the training run that wrote the checkpoint, if it had one."""
+    run_dir = Path(checkpoint_path).resolve().parent.parent
+    run_file = run_dir / "run.json"
+    run_id = json.loads(run_file.read_text()).get("wandb_run_id") if run_file.is_file() else None
+    if not run_id:
+        return None
+    from latentbench.tracking import make_wandb_logger
+
+    logger = make_wandb_logger(str(run_dir), run_id=run_id)
+    logger.log_image(key="samples/grid", images=[grid], caption=[caption])
+    logger.experiment.finish()
+    return run_id
+
+
+def sample(options: dict[str, Any]) -> dict[str, Any]:
+    """Load the checkpoint, sample, write the files; returns what ``samples.json`` holds."""
+    model, path = load_model(options["checkpoint"], options["device"])
+    requests = requests_of(model, options)
+    try:
+        images = model.sample(requests, per_condition=options["per_condition"], sampler=options["sampler"],
+                              steps=options["steps"], guidance_scale=options["guidance_scale"], seed=options["seed"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    output = Path(options["output"])
+    saved = save_images(images, requests, options["per_condition"], output)
+    grid = saved.pop("grid_array")
+    record = {**{k: v for k, v in options.items() if k not in ("prompts", "classes")}, "checkpoint": path,
+              "requests": requests, **saved}
+    caption = "rows: " + " | ".join(map(str, requests)) if requests else "unconditional samples"
+    if options["wandb"] not in (False, "false", "off"):
+        record["wandb_run_id"] = log_to_wandb(path, grid, caption)
+    (output / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def run_sample(args: list[str]) -> int:
+    if any(arg in ("-h", "--help") for arg in args):
+        print("usage: " + USAGE.strip())
+        return 0
+    record = sample(parse_arguments(args))
+    print(f"wrote {len(record['images'])} samples and {Path(record['output']) / 'grid.png'}")
+    return 0

@@ -207,3 +207,13 @@ def test_hinton2006_quick_mode_writes_its_tables(tmp_path, capsys):
     with Image.open(out / "report" / "codes.png") as image:
         assert image.size[0] > 2 * image.size[1] * 0.9  # two panels side by side
     assert "table: " in capsys.readouterr().out
+
+
+def test_reference_from_csv(multirun, tmp_path):
+    reference = tmp_path / "paper.csv"
+    reference.write_text("model._target_,metric,value,source\nPCA,test/recon_sse,13.87,Science 2006\nAutoEncoder,test/recon_sse,3.00,Science 2006\n")
+    out = tmp_path / "r"
+    report_main([str(multirun), "--metrics", "test/recon_sse", "test/psnr", "--reference", str(reference), "--out", str(out)])
+    rows = {r["model._target_"]: r for r in read_csv(out / "table.csv")}
+    assert float(rows["PCA"]["test/recon_sse (paper)"]) == 13.87 and float(rows["AutoEncoder"]["test/recon_sse (paper)"]) == 3.0
+    assert "test/psnr (paper)" not in rows["PCA"]  # no paper value for that metric: no column

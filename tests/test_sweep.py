@@ -13,6 +13,7 @@ from latentbench.cli import main, quote_numeric_choices
 from latentbench.compose import compose_run_config
 from latentbench.sweep import load_sweep, local_args, safe_override
 from tests.conftest import REPO, run_cli
+from tests.test_artifacts import finished_records
 
 TINY = ["trainer=cpu", "logger=none", "trainer.max_epochs=1", "data.limit=200"]
 
@@ -48,7 +49,15 @@ def test_offline_grid_runs_every_trial_and_lists_the_failed_one(tmp_path, capsys
 def test_offline_random_sweep_runs_optuna_with_the_sweep_metric(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "out"
-    assert main(["sweep", str(REPO / "sweeps" / "ae_random.yaml"), "--count", "2", "--out", str(out), *TINY]) == 0
+    with_wandb = [o for o in TINY if o != "logger=none"]  # W&B offline: each trial must get its own run
+    assert main(["sweep", str(REPO / "sweeps" / "ae_random.yaml"), "--count", "2", "--out", str(out), *with_wandb]) == 0
+    runs = []
+    for n in (0, 1):
+        records = finished_records(next((out / str(n) / "wandb").glob("offline-run-*/run-*.wandb")))
+        runs.append(next(r.run for r in records if r.WhichOneof("record_type") == "run"))
+    assert runs[0].run_id != runs[1].run_id
+    assert [r.run_group for r in runs] == ["ae_random", "ae_random"]
+    assert [r.display_name for r in runs] == ["ae_random_0", "ae_random_1"]
     results = yaml.safe_load((out / "optimization_results.yaml").read_text())
     values = [json.loads((out / str(n) / "metrics.json").read_text())["test/recon_sse"] for n in (0, 1)]
     assert results["best_value"] == pytest.approx(min(values))

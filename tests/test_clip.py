@@ -152,3 +152,11 @@ def test_train_clip_on_coco_mini_from_config(cfg_factory):
     assert 0.0 <= metrics["test/retrieval_i2t_top1"] <= 1.0 and metrics["test/loss"] > 0
     model, _ = load_clip(metrics["checkpoint"])
     assert model.visual.image_size == (32, 32) or model.visual.image_size == 32
+
+
+def test_clip_on_shapes_with_default_callbacks_logs_knn_accuracy_of_image_embeddings(cfg_factory):
+    cfg = cfg_factory("model=clip", "data=shapes", "data.image_size=32", "data.num_train=256", "data.num_val=64",
+                      "data.num_test=64", "data.batch_size=64", "trainer.max_steps=2", "model.model_cfg.text_cfg.layers=1")
+    metrics = train(cfg)
+    assert metrics["status"] == "finished"
+    assert 0.0 <= metrics["test/knn_acc"] <= 1.0

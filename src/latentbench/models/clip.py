@@ -251,13 +251,18 @@ class CLIPModel(pl.LightningModule):
         if self.hparams.zero_shot_templates is None:
             self.templates = list(getattr(datamodule, "zero_shot_templates", None) or ["a photo of a {}."])
 
-    def encode(self, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm ``(B, D)`` image embeddings of images ``(B, C, H, W)`` in [0, 1]: the codes that
+        embedding views and the kNN accuracy use, as for the autoencoders."""
+        return image_features(self.model, images)
+
+    def encode_pair(self, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-norm ``(B, D)`` image and text embeddings of images in [0, 1] and their captions."""
         return image_features(self.model, images), text_features(self.model, self.tokenizer, captions)
 
     def forward(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         """The CLIP loss of a batch of matching image-caption pairs."""
-        img, txt = self.encode(images, captions)
+        img, txt = self.encode_pair(images, captions)
         return self.loss_fn(img, txt, self.model.logit_scale.exp())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -282,7 +287,7 @@ class CLIPModel(pl.LightningModule):
         self._start_eval()
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
-        img, txt = self.encode(batch["image"], batch["caption"])
+        img, txt = self.encode_pair(batch["image"], batch["caption"])
         n = len(img)
         self.log(f"{stage}/loss", self.loss_fn(img, txt, self.model.logit_scale.exp()), prog_bar=stage == "val",
                  batch_size=n, sync_dist=True)

@@ -121,7 +121,7 @@ class EmbeddingPlot(pl.Callback):
         thumbnails (`int`): rows (with image thumbnails) of the projector table; 0 turns it off.
     """
 
-    def __init__(self, max_points: int = 2000, methods: list[str] = ("pca", "tsne", "umap"), tsne_max_points: int = 1000,
+    def __init__(self, max_points: int = 2000, methods: list[str] = ("pca", "tsne", "umap"), tsne_max_points: int = 500,
                  knn_neighbors: int = 5, knn_train_points: int = 5000, thumbnails: int = 500):
         from latentbench.evaluation.embeddings import METHODS
 

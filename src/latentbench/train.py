@@ -121,7 +121,8 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     callbacks = build_callbacks(cfg)
     from latentbench.evaluation.fid import metric_callbacks
 
-    callbacks.extend(metric_callbacks(cfg, datamodule.image_shape))  # FID etc. (metrics group); validated here
+    # FID etc. (metrics group), validated here; first, so that best-val metrics and checkpoints see their values
+    callbacks[0:0] = metric_callbacks(cfg, datamodule.image_shape)
     for always in (BestValidationMetrics, RngStateCheckpoint, ModelClassInCheckpoint):
         if not any(isinstance(c, always) for c in callbacks):
             callbacks.append(always())

@@ -72,11 +72,11 @@ def pca_2d(train_codes: np.ndarray, test_codes: np.ndarray) -> tuple[np.ndarray,
 def encode_split(model: torch.nn.Module, split, count: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """``(codes (N, D), labels (N,), images (N, ...))`` of the first ``count`` items of a data split."""
     codes, labels, images = [], [], []
-    tensors = [*model.parameters(), *model.buffers()]
-    device = tensors[0].device if tensors else torch.device("cpu")
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    device, dtype = (tensors[0].device, tensors[0].dtype) if tensors else (torch.device("cpu"), torch.float32)
     for start in range(0, min(count, len(split)), batch_size):
         batch = split[list(range(start, min(start + batch_size, count, len(split))))]
-        x = batch.get("input", batch["image"]).to(device)
+        x = batch.get("input", batch["image"]).to(device=device, dtype=dtype)  # bf16-true models take bf16
         codes.append(model.encode(x).float().cpu())
         labels.append(batch["label"].cpu())
         images.append(batch["image"].cpu())

@@ -369,7 +369,7 @@ def metric_callbacks(cfg, image_shape: tuple[int, ...] | None = None) -> list[pl
     if not fid_enabled(node):
         return []
     evaluator = make_fid(node.features, checkpoint=node.get("checkpoint"), weights_path=node.get("weights_path"),
-                         kid=bool(node.get("kid", False)), kid_subset_size=min(1000, int(node.num_images)))
+                         kid=bool(node.get("kid", False)), kid_subset_size=max(2, min(1000, int(node.num_images) // 2)))
     if image_shape is not None and evaluator.image_shape is not None:
         needed, have = int(torch.tensor(evaluator.image_shape).prod()), int(torch.tensor(image_shape).prod())
         if needed != have:

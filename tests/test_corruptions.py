@@ -194,3 +194,13 @@ def test_dae_with_masking_beats_the_identity_map_on_mnist(cfg_factory):
     identity_mse = float(sum(errors) / len(module.splits["test"]))
     assert identity_mse == pytest.approx(0.5 * float((module.splits["test"].images.float() / 255).pow(2).mean()), rel=0.05)
     assert metrics["test/mse"] < 0.8 * identity_mse, (metrics["test/mse"], identity_mse)
+
+
+def test_composed_corruption_from_config(cfg_factory):
+    from latentbench.train import build_run
+
+    cfg = cfg_factory("model=dae", "corruption=noisy_lowres", "corruption.steps.1.sigma=0.05", "data.limit=40")
+    corruption = build_run(cfg)["datamodule"].corruption
+    assert isinstance(corruption, Compose)
+    assert [type(step) for step in corruption.steps] == [Downsample, GaussianNoise]
+    assert corruption.steps[1].sigma == 0.05

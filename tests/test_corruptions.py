@@ -180,6 +180,7 @@ def test_dae_logs_triplet_grids(cfg_factory, tmp_path):
     assert picture.height == 3 * 32 + 4
 
 
+@pytest.mark.slow  # about a minute of CPU (150 conv steps); run with -m slow
 @needs_mnist
 def test_dae_with_masking_beats_the_identity_map_on_mnist(cfg_factory):
     overrides = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from kornia.color import rgb_to_grayscale
@@ -205,3 +206,10 @@ def test_composed_corruption_from_config(cfg_factory):
     assert isinstance(corruption, Compose)
     assert [type(step) for step in corruption.steps] == [Downsample, GaussianNoise]
     assert corruption.steps[1].sigma == 0.05
+
+
+@needs_mnist
+def test_vincent2010_experiment_runs(cfg_factory):
+    metrics = train(cfg_factory("experiment=vincent2010_masking", "corruption.fraction=0.4", "trainer.fast_dev_run=true",
+                                "data.limit=256", "data.val_size=64", f"data.root={MNIST_ROOT}"))
+    assert metrics["status"] == "finished" and np.isfinite(metrics["test/mse"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from kornia.color import rgb_to_grayscale
@@ -180,6 +181,7 @@ def test_dae_logs_triplet_grids(cfg_factory, tmp_path):
     assert picture.height == 3 * 32 + 4
 
 
+@pytest.mark.slow  # about a minute of CPU (150 conv steps); run with -m slow
 @needs_mnist
 def test_dae_with_masking_beats_the_identity_map_on_mnist(cfg_factory):
     overrides = [
@@ -194,3 +196,20 @@ def test_dae_with_masking_beats_the_identity_map_on_mnist(cfg_factory):
     identity_mse = float(sum(errors) / len(module.splits["test"]))
     assert identity_mse == pytest.approx(0.5 * float((module.splits["test"].images.float() / 255).pow(2).mean()), rel=0.05)
     assert metrics["test/mse"] < 0.8 * identity_mse, (metrics["test/mse"], identity_mse)
+
+
+def test_composed_corruption_from_config(cfg_factory):
+    from latentbench.train import build_run
+
+    cfg = cfg_factory("model=dae", "corruption=noisy_lowres", "corruption.steps.1.sigma=0.05", "data.limit=40")
+    corruption = build_run(cfg)["datamodule"].corruption
+    assert isinstance(corruption, Compose)
+    assert [type(step) for step in corruption.steps] == [Downsample, GaussianNoise]
+    assert corruption.steps[1].sigma == 0.05
+
+
+@needs_mnist
+def test_vincent2010_experiment_runs(cfg_factory):
+    metrics = train(cfg_factory("experiment=vincent2010_masking", "corruption.fraction=0.4", "trainer.fast_dev_run=true",
+                                "data.limit=256", "data.val_size=64", f"data.root={MNIST_ROOT}"))
+    assert metrics["status"] == "finished" and np.isfinite(metrics["test/mse"])

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# rgb vs ycbcr vs lab colorizers with the same budget on coco-mini (32x32, 300 steps each), one after
+# rgb vs ycbcr vs lab colorizers with the same budget on coco-mini (32x32, 150 steps each), one after
 # the other; each run writes outputs/colorization/<color space>/metrics.json. Usage (from the repo root):
 #   bash experiments/colorization/run.sh [extra overrides, e.g. trainer=gpu]
 set -euo pipefail
 for space in rgb ycbcr lab; do
   nice -n 10 uv run latentbench train model=colorizer model.color_space=$space model.channels=[16,32,64] \
     data=images data.root=../shared/data/coco-mini data.image_size=32 data.batch_size=16 \
-    trainer.max_steps=300 trainer.max_epochs=1000 seed=1234 logger=csv \
+    trainer.max_steps=150 trainer.max_epochs=1000 seed=1234 logger=csv \
     hydra.run.dir=outputs/colorization/$space "$@"
 done
 uv run python - <<'PY'

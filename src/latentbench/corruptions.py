@@ -29,10 +29,6 @@ class Corruption:
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def output_channels(self, channels: int) -> int:
-        """Channels of the corrupted input for clean images with ``channels`` channels."""
-        return channels
-
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
@@ -214,9 +210,6 @@ class Grayscale(Corruption):
 
         return rgb_to_grayscale(images)
 
-    def output_channels(self, channels: int) -> int:
-        return 1
-
 
 class Compose(Corruption):
     """Several corruptions one after the other, e.g. downsample then gaussian noise.
@@ -235,11 +228,6 @@ class Compose(Corruption):
         for step in self.steps:
             images = step(images, generator)
         return images
-
-    def output_channels(self, channels: int) -> int:
-        for step in self.steps:
-            channels = step.output_channels(channels)
-        return channels
 
 
 def example_generator(device: torch.device, seed: int) -> torch.Generator:

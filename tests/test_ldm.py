@@ -25,7 +25,7 @@ def ae_kl_overrides(factor: int, *extra: str) -> list[str]:
     return ["model=ae_kl", f"model.factor={factor}", f"model.channels={CHANNELS[factor]}", *TINY_AE, *extra]
 
 
-@pytest.mark.parametrize("factor", [1, 2, 4, 8])
+@pytest.mark.parametrize("factor", [1, 2, pytest.param(4, marks=pytest.mark.slow), 8])
 def test_ae_kl_trains_and_round_trips_shapes(cfg_factory, factor):
     metrics = train(cfg_factory(*ae_kl_overrides(factor), "data.limit=64", "data.batch_size=32"))
     assert np.isfinite(metrics["test/recon_sse"]) and metrics["test/recon_sse"] > 0
@@ -36,6 +36,7 @@ def test_ae_kl_trains_and_round_trips_shapes(cfg_factory, factor):
     assert model.decode_latents(latents).shape == x.shape
 
 
+@pytest.mark.slow
 def test_ae_kl_loss_falls(cfg_factory):
     cfg = cfg_factory(*ae_kl_overrides(2), "trainer.max_epochs=6", "data.limit=512", "model.optimizer.lr=0.003")
     metrics = train(cfg)
@@ -324,6 +325,7 @@ def test_text_encoder_checkpoint_of_the_wrong_kind(cfg_factory, first_stage_chec
         train(cfg_factory(*TINY_LDM, *SHAPES, "model.conditioning=text", f"model.text_encoder.checkpoint={first_stage_checkpoint}"))
 
 
+@pytest.mark.slow
 def test_sample_fid_with_domain_features(cfg_factory, tmp_path_factory):
     classifier_run = tmp_path_factory.mktemp("classifier")
     clf = train(make_cfg([*FAST, "model=classifier", "model.channels=[8,16]", "model.feature_dim=16", "data.limit=256"], classifier_run))

@@ -1,0 +1,304 @@
+"""LDM training throughput: latentbench (``model=ldm`` through Lightning) vs a plain diffusers loop.
+
+    uv run python -m bench.diffusion --conditioning text --steps 20 --reps 3
+    uv run python -m bench.diffusion --conditioning class --device cuda --precision bf16-mixed --batch-size 256
+
+Setup (not timed, once, in a temp dir): a tiny ``model=ae_kl`` first stage (factor 2) and, for
+``--conditioning text``, a tiny ``model=clip`` text tower, each trained for a few steps on
+``data=shapes`` (16x16 images, 4x8x8 latents). Then, alternated in one process for ``--reps``
+repetitions:
+
+- latentbench: ``trainer.fit`` of the run ``latentbench train model=ldm ...`` builds (W&B offline,
+  default callbacks, EMA, per-step logging); validation and sample grids off;
+- plain loop: the same U-Net config (``build_unet``), ``diffusers.DDPMScheduler``, AdamW,
+  EMA (``AveragedModel``), condition dropout, batch size and autocast precision, with latents from
+  the same frozen first stage and text states from the same frozen CLIP text tower computed in the
+  loop, on batches of the same data loader.
+
+Both sides include the latent-std measurement on one batch (``model.latent_std_batches=1``).
+Reported: images/s of each side and their ratio (1.0 = no overhead), min/median/max. Model FLOP
+utilisation (FLOPs of one training step counted with ``torch.utils.flop_counter.FlopCounterMode``,
+times steps/s, over the GPU's dense peak) on CUDA; on CPU it is n/a.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import environment, spread, write_result
+
+# 16x16 shapes: small enough for a CPU; a factor-2 ae_kl gives 4x8x8 latents
+SHAPES = ["data=shapes", "data.image_size=16", "data.num_train=512", "data.num_val=64", "data.num_test=64"]
+SETUP = ["trainer=cpu", "logger=none", "trainer.max_epochs=-1", "trainer.limit_val_batches=0", "trainer.limit_test_batches=1"]
+AE_KL = ["model=ae_kl", "model.factor=2", "model.channels=[8,16]", "model.layers_per_block=1", "model.norm_num_groups=4"]
+TINY_CLIP = ("{embed_dim:32,vision_cfg:{image_size:16,layers:1,width:32,head_width:16,patch_size:8},"
+             "text_cfg:{context_length:32,width:64,heads:2,layers:2}}")
+
+# dense (no sparsity) peak FLOP/s from the vendors' data sheets: {name fragment: {dtype: FLOP/s}}
+PEAK_FLOPS = {
+    "H200": {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "H100": {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},  # SXM
+    "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "L40S": {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
+    "A10": {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
+    "V100": {"fp16": 125e12, "fp32": 15.7e12},
+    "4090": {"bf16": 165.2e12, "fp16": 165.2e12, "tf32": 82.6e12, "fp32": 82.6e12},
+}
+
+
+def peak_flops(device: str, precision: str) -> float | None:
+    """The device's dense peak for the dtype the matmuls run in, or None (CPU, unknown GPU)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    if precision.startswith("bf16"):
+        dtype = "bf16"
+    elif precision.startswith("16"):
+        dtype = "fp16"
+    else:
+        dtype = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+    for fragment, table in PEAK_FLOPS.items():
+        if fragment in name:
+            return table.get(dtype)
+    return None
+
+
+def setup_checkpoints(root: Path, conditioning: str) -> dict[str, str]:
+    """Train the tiny first stage (and CLIP for text) for a few steps; returns their run directories."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latentbench.compose import compose_run_config
+    from latentbench.train import train
+
+    runs = {"first_stage": root / "ae_kl"}
+    train(compose_run_config([*SETUP, *SHAPES, *AE_KL, "trainer.max_steps=5", "data.batch_size=32"], runs["first_stage"]))
+    GlobalHydra.instance().clear()
+    if conditioning == "text":
+        runs["clip"] = root / "clip"
+        train(compose_run_config([*SETUP, *SHAPES, "model=clip", f"model.model_cfg={TINY_CLIP}", "trainer.max_steps=3",
+                                  "data.batch_size=32", "~callbacks.embedding_plot"], runs["clip"]))
+        GlobalHydra.instance().clear()
+    return {key: str(value) for key, value in runs.items()}
+
+
+def ldm_overrides(args, runs: dict[str, str], device: str) -> list[str]:
+    accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    overrides = [
+        "model=ldm", *SHAPES, f"data.batch_size={args.batch_size}", f"model.conditioning={args.conditioning}",
+        f"model.first_stage.checkpoint={runs['first_stage']}", "model.latent_std_batches=1", "model.sampling.every_n_epochs=0",
+        f"trainer.accelerator={accelerator}", "trainer.devices=1", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
+        "trainer.limit_val_batches=0",
+    ]
+    if args.precision != "32":  # 32 is the default; Hydra would read the bare 32 as an int
+        overrides.append(f"precision={args.precision}")
+    if args.conditioning == "text":
+        # fixed grid prompts: otherwise fit start reads validation captions to choose them
+        overrides += [f"model.text_encoder.checkpoint={runs['clip']}", "model.sampling.prompts=['a red circle']"]
+    return overrides
+
+
+def latentbench_seconds(args, runs: dict[str, str]) -> float:
+    """Wall time of ``trainer.fit`` for ``--steps`` steps, built as ``latentbench train`` builds it."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latentbench.compose import compose_run_config
+    from latentbench.train import build_run
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        cfg = compose_run_config([*ldm_overrides(args, runs, args.device), "logger=wandb", "logger.wandb.mode=offline"], output_dir)
+        objects = build_run(cfg)
+        trainer, module, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
+        datamodule.setup("fit")  # data loading is not training time, on either side
+        synchronize(args.device)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        synchronize(args.device)
+        seconds = time.perf_counter() - start
+        for logger in objects["loggers"]:
+            logger.experiment.finish()
+        GlobalHydra.instance().clear()
+    return seconds
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class PlainLoop:
+    """The LDM training step written with diffusers' components, no latentbench module or Lightning."""
+
+    def __init__(self, args, runs: dict[str, str]):
+        from diffusers import DDPMScheduler
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.utils import instantiate
+
+        from latentbench.compose import compose_run_config
+        from latentbench.models.ldm import load_first_stage, resolve_checkpoint
+
+        self.args, self.device = args, torch.device(args.device)
+        with tempfile.TemporaryDirectory() as output_dir:
+            cfg = compose_run_config(ldm_overrides(args, runs, args.device), output_dir)
+        GlobalHydra.instance().clear()
+        self.model_cfg = cfg.model
+        self.datamodule = instantiate(cfg.data)
+        self.datamodule.setup("fit")
+        self.num_classes = self.datamodule.num_classes
+        self.first_stage, _ = load_first_stage({"checkpoint": runs["first_stage"]})
+        self.first_stage.to(self.device)
+        unet_arguments = {}
+        self.clip = self.tokenizer = None
+        if args.conditioning == "class":
+            unet_arguments["num_class_embeds"] = self.num_classes + 1
+        elif args.conditioning == "text":
+            from latentbench.models.clip import load_clip
+
+            self.clip, self.tokenizer = load_clip(checkpoint=resolve_checkpoint(runs["clip"]))
+            self.clip.to(self.device).eval().requires_grad_(False)
+            unet_arguments["cross_attention_dim"] = self.clip.token_embedding.embedding_dim
+        c, h, _ = self.first_stage.latent_shape
+        unet_cfg = {k: v for k, v in dict(cfg.model.unet).items() if k != "_target_"}
+        from latentbench.models.ldm import build_unet
+
+        self.unet_factory = lambda: build_unet(sample_size=h, in_channels=c, **unet_cfg, **unet_arguments).to(self.device)
+        self.scheduler = DDPMScheduler(num_train_timesteps=cfg.model.noise_scheduler.num_train_timesteps,
+                                       beta_schedule=cfg.model.noise_scheduler.beta_schedule)
+        self.dropout = float(cfg.model.condition_dropout)
+        self.ema_decay = cfg.model.ema_decay
+        self.lr, self.weight_decay = cfg.model.optimizer.lr, cfg.model.optimizer.weight_decay
+
+    def autocast(self):
+        precision = self.args.precision
+        if precision in ("bf16-mixed", "16-mixed"):
+            dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+            return torch.autocast(self.device.type, dtype=dtype)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def text_states(self, captions: list[str]) -> torch.Tensor:
+        """Per-token hidden states ``(B, T, D)`` of the frozen CLIP text tower."""
+        clip = self.clip
+        x = clip.token_embedding(self.tokenizer(captions).to(self.device)) + clip.positional_embedding
+        return clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
+
+    def condition(self, batch: dict) -> dict[str, torch.Tensor]:
+        if self.args.conditioning == "class":
+            labels = batch["label"].to(self.device)
+            drop = torch.rand(len(labels), device=self.device) < self.dropout
+            return {"class_labels": torch.where(drop, torch.full_like(labels, self.num_classes), labels)}
+        if self.args.conditioning == "text":
+            captions = ["" if random.random() < self.dropout else c for c in batch["caption"]]
+            return {"encoder_hidden_states": self.text_states(captions)}
+        return {}
+
+    def loss(self, unet, batch: dict, latent_std: float) -> torch.Tensor:
+        images = batch["image"].to(self.device)
+        with self.autocast():
+            with torch.no_grad():
+                latents = self.first_stage.encode_latents(images) / latent_std
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), device=self.device)
+            noisy = self.scheduler.add_noise(latents, noise, timesteps)
+            prediction = unet(noisy, timesteps, **self.condition(batch)).sample
+        return torch.nn.functional.mse_loss(prediction.float(), noise.float())
+
+    def batches(self):
+        while True:
+            yield from self.datamodule.train_dataloader()
+
+    def seconds(self, steps: int) -> float:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        unet = self.unet_factory()
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        ema = None
+        if self.ema_decay is not None:
+            ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
+        scaler = torch.amp.GradScaler(enabled=self.args.precision == "16-mixed")
+        batches = self.batches()
+        synchronize(self.args.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            latent_std = float(self.first_stage.encode_latents(next(batches)["image"].to(self.device)).std())
+        for _ in range(steps):
+            loss = self.loss(unet, next(batches), latent_std)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update_parameters(unet)
+        synchronize(self.args.device)
+        return time.perf_counter() - start
+
+    def step_flops(self) -> int:
+        """FLOPs of one training step (first stage encode, text tower, U-Net forward and backward)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        unet = self.unet_factory()
+        batch = next(self.batches())
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.loss(unet, batch, 1.0).backward()
+        return int(counter.get_total_flops())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conditioning", default="none", choices=["none", "class", "text"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+    with tempfile.TemporaryDirectory() as root:
+        runs = setup_checkpoints(Path(root), args.conditioning)
+        plain = PlainLoop(args, runs)
+        flops = plain.step_flops()
+        plain.seconds(3)  # warm-up: allocator, kernels
+        ours, theirs = [], []
+        for _ in range(args.reps):
+            ours.append(args.steps * args.batch_size / latentbench_seconds(args, runs))
+            theirs.append(args.steps * args.batch_size / plain.seconds(args.steps))
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    peak = peak_flops(args.device, args.precision)
+    mfu = None
+    if peak:
+        mfu = {"latentbench": flops / args.batch_size * statistics_median(ours) / peak,
+               "plain_loop": flops / args.batch_size * statistics_median(theirs) / peak}
+    name = f"diffusion-{args.conditioning}-{args.device.split(':')[0]}-{args.precision}"
+    result = {
+        "benchmark": "diffusion", "conditioning": args.conditioning, "steps": args.steps, "batch_size": args.batch_size,
+        "precision": args.precision, "device_kind": args.device, "latent_shape": [4, 8, 8], "image_shape": [3, 16, 16],
+        "latentbench_images_per_s": spread(ours), "plain_loop_images_per_s": spread(theirs),
+        "throughput_ratio": spread(ratios), "flops_per_step": flops, "peak_flops": peak, "mfu_median": mfu,
+        **environment(args.device),
+    }
+    path = write_result(name, result)
+    r = result["throughput_ratio"]
+    mfu_text = "n/a (no GPU peak)" if mfu is None else f"{mfu['latentbench']:.1%} (plain {mfu['plain_loop']:.1%})"
+    print(f"{name}: latentbench {spread(ours)['median']:.1f} vs plain {spread(theirs)['median']:.1f} images/s, ratio median "
+          f"{r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {args.reps} reps of {args.steps} steps; "
+          f"{flops / 1e9:.2f} GFLOP/step, MFU {mfu_text} -> {path}")
+
+
+def statistics_median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Cost of evaluation metrics: FID at its default interval as a share of a training run's wall time.
+
+    uv run python -m bench.eval --steps 100 --reps 2
+    uv run python -m bench.eval --model ae_conv --every-n-val-epochs 1
+
+Setup (not timed): a small ``model=classifier`` trained for a few steps on MNIST, the ``domain``
+feature extractor of FID. Then, alternated for ``--reps`` repetitions, the same ``latentbench
+train`` run (``--model`` on 4096 MNIST images, ``--steps`` steps, validation once an epoch, test of the best
+checkpoint) with ``metrics.fid.checkpoint=<classifier>`` and without metrics. With the defaults of
+``conf/metrics/default.yaml`` FID runs at test on ``num_images`` (1000) test images;
+``--every-n-val-epochs`` adds it on validation too. Reported: the share of the run spent on metrics,
+``(time with - time without) / time with``, min/median/max, and FID's compute time alone (extractor
+features of ``num_images`` real and reconstructed images + the Frechet distance).
+
+CLIP score (``latentbench.evaluation.clip_score``) has no training-time config path yet (it is
+called by evaluation code, not by a metrics callback), so it is not timed inside a run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import environment, spread, write_result
+
+MNIST = os.environ.get("LATENTBENCH_DATA", "../shared/data") + "/mnist"
+DATA = ["data=mnist", f"data.root={MNIST}", "data.limit=4096", "data.val_size=1000"]
+CPU = ["trainer=cpu", "logger=none"]
+
+
+def train_classifier(root: Path) -> str:
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latentbench.compose import compose_run_config
+    from latentbench.train import train
+
+    metrics = train(compose_run_config([*CPU, *DATA, "model=classifier", "model.channels=[8,16]", "model.feature_dim=32",
+                                        "trainer.max_steps=30", "trainer.max_epochs=-1", "trainer.limit_val_batches=1"], root / "classifier"))
+    GlobalHydra.instance().clear()
+    from latentbench.models.ldm import resolve_checkpoint
+
+    return resolve_checkpoint(str(root / "classifier"))  # its best checkpoint, else last.ckpt
+
+
+def run_seconds(args, classifier: str | None) -> tuple[float, dict]:
+    """Wall time of one whole ``latentbench train`` run (build, fit, test), with or without FID."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latentbench.compose import compose_run_config
+    from latentbench.train import train
+
+    overrides = [*CPU, *DATA, f"model={args.model}", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"]
+    if classifier is not None:
+        overrides += [f"metrics.fid.checkpoint='{classifier}'", f"metrics.fid.num_images={args.num_images}"]
+        if args.every_n_val_epochs:
+            overrides.append(f"metrics.fid.every_n_val_epochs={args.every_n_val_epochs}")
+    with tempfile.TemporaryDirectory() as output_dir:
+        start = time.perf_counter()
+        metrics = train(compose_run_config(overrides, output_dir))
+        seconds = time.perf_counter() - start
+    GlobalHydra.instance().clear()
+    return seconds, metrics
+
+
+def fid_alone_seconds(classifier: str, num_images: int) -> float:
+    """FID of ``num_images`` MNIST test images vs noisy copies, with the same extractor."""
+    from latentbench.data.mnist import MNISTDataModule
+    from latentbench.evaluation.fid import make_fid
+
+    data = MNISTDataModule(root=MNIST)
+    data.setup()
+    split = data.splits["test"]
+    real = split.images[:num_images].float() / split.pixel_scale
+    fake = (real + 0.1 * torch.randn_like(real)).clamp(0, 1)
+    evaluator = make_fid("domain", checkpoint=classifier)
+    start = time.perf_counter()
+    for begin in range(0, len(real), 256):
+        evaluator.update(real[begin:begin + 256], fake[begin:begin + 256])
+    evaluator.compute()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ae_hinton", choices=["ae_hinton", "ae_conv", "ae"])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--num-images", type=int, default=1000, help="metrics.fid.num_images (default of conf/metrics)")
+    parser.add_argument("--every-n-val-epochs", type=int, default=None, help="also FID on validation (default: test only)")
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+    with tempfile.TemporaryDirectory() as root:
+        classifier = train_classifier(Path(root))
+        # no separate warm-up: the classifier's training above has warmed up allocator and kernels
+        with_metrics, without, fid_values = [], [], []
+        for _ in range(args.reps):
+            seconds, metrics = run_seconds(args, classifier)
+            with_metrics.append(seconds)
+            fid_values.append(metrics.get("test/fid_domain"))
+            without.append(run_seconds(args, None)[0])
+        alone = [fid_alone_seconds(classifier, args.num_images) for _ in range(args.reps)]
+    shares = [(a - b) / a for a, b in zip(with_metrics, without)]
+    name = f"eval-fid-{args.model}-cpu"
+    result = {
+        "benchmark": "eval", "metric": "fid_domain", "model": args.model, "steps": args.steps,
+        "num_images": args.num_images, "every_n_val_epochs": args.every_n_val_epochs,
+        "run_seconds_with_metrics": spread(with_metrics), "run_seconds_without": spread(without),
+        "metrics_share_of_run": spread(shares), "fid_alone_seconds": spread(alone), "test_fid_domain": fid_values,
+        **environment("cpu"),
+    }
+    path = write_result(name, result)
+    s = result["metrics_share_of_run"]
+    print(f"{name}: metrics take {s['median']:.1%} of the run (min {s['min']:.1%}, max {s['max']:.1%}; "
+          f"{spread(with_metrics)['median']:.1f} s with vs {spread(without)['median']:.1f} s without, {args.steps} steps); "
+          f"FID on {args.num_images} images alone {spread(alone)['median']:.2f} s -> {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,8 @@ def test_text_ldm_logs_sample_clip_score(cfg_factory, tmp_path, clip_run):
     score = metrics["test/clip_score_local"]
     assert np.isfinite(score) and 0.0 <= score <= 100.0
     assert json.loads((tmp_path / "metrics.json").read_text())["test/clip_score_local"] == pytest.approx(score)
+    # sampling every epoch: also logged at validation (metrics.json keeps the values at the best val/loss)
+    assert 0.0 <= metrics["best_val/clip_score_local"] <= 100.0
 
 
 def error_of(cfg_factory, *overrides: str) -> str:

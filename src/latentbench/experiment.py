@@ -106,6 +106,11 @@ def main(argv: list[str]) -> int:
                   "--format", "md", "tex", "csv", "html"]
         report_main(report)
         written.append(out / "report" / f"{entry}.md")
+        if run.get("curves"):  # a metric against training steps, one line per run (latentbench.curves)
+            from latentbench.curves import write_curves
+
+            write_curves(sweep_dir, run["curves"]["metric"], out / "report", entry, run["curves"].get("title", ""))
+            written.append(out / "report" / f"{entry}_curves.md")
     print("\n".join(f"table: {path}" for path in written))
     return code
 

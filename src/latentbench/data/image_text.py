@@ -19,6 +19,7 @@ import glob
 import io
 import json
 import logging
+import re
 import tarfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -213,8 +214,18 @@ def field_value(fields: dict[str, Any], column: str) -> Any:
     return meta.get(column) if isinstance(meta, dict) else None
 
 
+def keyword_label(caption: str, keywords: list[str]) -> int:
+    """Index of the first of ``keywords`` (in list order) that occurs in ``caption`` as a whole word,
+    case-insensitively, also as a simple plural (``dog`` matches "dogs"); -1 when none does."""
+    for index, keyword in enumerate(keywords):
+        if re.search(rf"\b{re.escape(keyword)}s?\b", caption, flags=re.IGNORECASE):
+            return index
+    return -1
+
+
 def to_example(key: str, fields: dict[str, Any], source: str, image_column: str | None, caption_column: str,
-               label_column: str | None, resolution: int, center_crop: bool) -> dict[str, Any]:
+               label_column: str | None, resolution: int, center_crop: bool,
+               label_keywords: tuple[str, ...] | None = None) -> dict[str, Any]:
     """One decoded example ``{"image": uint8 (3, R, R), "caption", "label", "key"}``; BadSample names
     ``source`` and ``key`` when the image or the caption is missing or broken."""
     columns = [image_column] if image_column else [c for c in (*IMAGE_EXTENSIONS, "image") if c in fields]
@@ -234,6 +245,8 @@ def to_example(key: str, fields: dict[str, Any], source: str, image_column: str 
         if value is None:
             raise BadSample(f"{source}: sample {key} has no label ('{label_column}')")
         label = int(text_of(value))
+    if label_keywords:
+        label = keyword_label(caption, label_keywords)
     return {"image": image, "caption": caption, "label": label, "key": key}
 
 
@@ -357,6 +370,10 @@ class LaionDataModule(CaptionedImageDataModule):
             a key of the sample's ``json`` otherwise).
         label_column (`str`, *optional*): integer class field; null serves label -1.
         class_names (`list[str]`, *optional*): names of the label classes (zero-shot evaluation).
+        label_keywords (`list[str]`, *optional*): labels from the captions instead (data without class
+            labels, e.g. coco-mini): a sample's label is the index of the first keyword (in list
+            order) that occurs in its caption as a whole word or simple plural ("dog"/"dogs"), -1
+            when none does; the keywords are the ``class_names``.
         caption_dropout (`float`): probability that a training caption becomes ``""``.
         skip_bad (`bool`): skip (and count, with a warning) undecodable images, samples without a
             caption and damaged shards instead of stopping with an error naming them.
@@ -380,6 +397,7 @@ class LaionDataModule(CaptionedImageDataModule):
         caption_column: str = "txt",
         label_column: str | None = None,
         class_names: list[str] | None = None,
+        label_keywords: list[str] | None = None,
         caption_dropout: float = 0.0,
         skip_bad: bool = False,
         shuffle_buffer: int = 1000,
@@ -397,6 +415,13 @@ class LaionDataModule(CaptionedImageDataModule):
             raise ValueError("root: null and hub_name: null; give a folder or glob of shards (root) or a hub dataset (hub_name)")
         if streaming and (self.on_device or self.flatten):
             raise ValueError("streaming: true cannot be combined with on_device or flatten (in-memory options)")
+        if label_keywords is not None:
+            if label_column or class_names:
+                raise ValueError("label_keywords: derives labels and class names from the captions; leave label_column and class_names null")
+            if not label_keywords or any(not isinstance(k, str) or not k.strip() for k in label_keywords):
+                raise ValueError(f"label_keywords: expected a non-empty list of words, got {list(label_keywords)}")
+            class_names = [k.strip() for k in label_keywords]
+        self.label_keywords = list(class_names) if label_keywords is not None else None
         self.root, self.hub_name, self.streaming = root, hub_name, streaming
         self.hub_splits = {"train": "train", "val": "validation", "test": None, **(hub_splits or {})}
         self.resolution, self.center_crop, self.skip_bad = resolution, center_crop, skip_bad
@@ -437,7 +462,8 @@ class LaionDataModule(CaptionedImageDataModule):
 
     def _options(self) -> dict[str, Any]:
         return {"image_column": self.image_column, "caption_column": self.caption_column,
-                "label_column": self.label_column, "resolution": self.resolution, "center_crop": self.center_crop}
+                "label_column": self.label_column, "resolution": self.resolution, "center_crop": self.center_crop,
+                "label_keywords": tuple(self.label_keywords) if self.label_keywords else None}  # a tuple: HF shards over lists
 
     def has_split(self, split: str) -> bool:
         if self.files is not None:

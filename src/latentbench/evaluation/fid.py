@@ -363,11 +363,14 @@ def metric_callbacks(cfg, image_shape: tuple[int, ...] | None = None) -> list[pl
     Loads the FID feature extractor now, so a bad checkpoint or missing weights fail before
     training; ``image_shape`` (the data's ``(C, H, W)``) must match a domain extractor's input.
     """
+    from latentbench.evaluation.sample_clip_score import clip_score_callbacks
+
     metrics = cfg.get("metrics") if cfg is not None else None
     node = metrics.get("fid") if metrics else None
     check_fid_config(node)
+    others = clip_score_callbacks(cfg)  # metrics.clip_score: text-conditioned samples vs their prompts
     if not fid_enabled(node):
-        return []
+        return others
     evaluator = make_fid(node.features, checkpoint=node.get("checkpoint"), weights_path=node.get("weights_path"),
                          kid=bool(node.get("kid", False)), kid_subset_size=max(2, min(1000, int(node.num_images) // 2)))
     if image_shape is not None and evaluator.image_shape is not None:
@@ -377,4 +380,4 @@ def metric_callbacks(cfg, image_shape: tuple[int, ...] | None = None) -> list[pl
                               f"this run's data gives {tuple(image_shape)} (train a classifier on the same data)")
     log.info("metrics.fid: %s features on %d images%s", node.features, node.num_images,
              f", every {node.every_n_val_epochs} validation epochs" if node.get("every_n_val_epochs") else " at test")
-    return [ReconstructionFID(evaluator, int(node.num_images), node.get("every_n_val_epochs"))]
+    return [ReconstructionFID(evaluator, int(node.num_images), node.get("every_n_val_epochs")), *others]

@@ -19,6 +19,19 @@ from latentbench.metrics import reconstruction_metrics
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 
 
+def optimizer_and_scheduler(optimizer_cfg: dict, scheduler_cfg: dict | None, params: Any) -> Any:
+    """What ``configure_optimizers`` returns: the optimizer built from its ``_target_`` config with
+    ``params`` (parameters or parameter groups), plus an LR scheduler when one is configured
+    (stepped every epoch unless its config says ``interval: step``)."""
+    optimizer = instantiate({**optimizer_cfg, "_partial_": True})(params)
+    if not scheduler_cfg:
+        return optimizer
+    scheduler_cfg = dict(scheduler_cfg)
+    interval = scheduler_cfg.pop("interval", "epoch")
+    scheduler = instantiate(scheduler_cfg, optimizer=optimizer)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+
 def check_positive(name: str, value: int | float) -> None:
     """Raise ``ValueError("name: must be positive, got value")`` unless value > 0."""
     if value <= 0:
@@ -98,10 +111,4 @@ class ReconstructionModel(pl.LightningModule):
         return self._eval_step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.parameters())
-        if not self.hparams.scheduler:
-            return optimizer
-        scheduler_cfg = dict(self.hparams.scheduler)
-        interval = scheduler_cfg.pop("interval", "epoch")
-        scheduler = instantiate(scheduler_cfg, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return optimizer_and_scheduler(self.hparams.optimizer or DEFAULT_OPTIMIZER, self.hparams.scheduler, self.parameters())

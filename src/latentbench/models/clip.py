@@ -25,11 +25,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from hydra.utils import instantiate
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.loss import ClipLoss
 
 from latentbench.errors import ConfigError
+from latentbench.models.base import optimizer_and_scheduler
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -321,10 +321,4 @@ class CLIPModel(pl.LightningModule):
                 continue
             (no_decay if param.ndim < 2 or "logit_scale" in name or "bn" in name or "ln" in name else decay).append(param)
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = instantiate({**(self.hparams.optimizer or DEFAULT_OPTIMIZER), "_partial_": True})(groups)
-        if not self.hparams.scheduler:
-            return optimizer
-        scheduler_cfg = dict(self.hparams.scheduler)
-        interval = scheduler_cfg.pop("interval", "epoch")
-        scheduler = instantiate(scheduler_cfg, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return optimizer_and_scheduler(self.hparams.optimizer or DEFAULT_OPTIMIZER, self.hparams.scheduler, groups)

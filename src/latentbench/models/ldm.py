@@ -32,7 +32,7 @@ from latentbench.checkpoints import read_checkpoint
 from latentbench.errors import ConfigError
 from latentbench.metrics import reconstruction_metrics
 from latentbench.models.ae_kl import AutoencoderKL
-from latentbench.models.base import DEFAULT_OPTIMIZER, check_positive
+from latentbench.models.base import DEFAULT_OPTIMIZER, check_positive, optimizer_and_scheduler
 from latentbench.models.conditioning import ClassConditioning, NoConditioning, TextConditioning, concat_conditions
 
 log = logging.getLogger(__name__)
@@ -554,10 +554,4 @@ class LatentDiffusion(pl.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.unet.parameters())
-        if not self.hparams.scheduler:
-            return optimizer
-        scheduler_cfg = dict(self.hparams.scheduler)
-        interval = scheduler_cfg.pop("interval", "epoch")
-        scheduler = instantiate(scheduler_cfg, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return optimizer_and_scheduler(self.hparams.optimizer or DEFAULT_OPTIMIZER, self.hparams.scheduler, self.unet.parameters())

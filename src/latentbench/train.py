@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -208,15 +209,44 @@ def reuse_wandb_run(cfg: DictConfig) -> None:
     run_file = Path(cfg.paths.output_dir) / "run.json"
     if not cfg.get("resume") or not run_file.is_file() or "wandb" not in (cfg.get("logger") or {}):
         return
-    run_id = json.loads(run_file.read_text()).get("wandb_run_id")
-    if run_id:
+    info = json.loads(run_file.read_text())
+    if info.get("wandb_run_id"):
+        wait_for_wandb_service_of(info.get("pid"))
         with open_dict(cfg):
-            cfg.logger.wandb.run_id = run_id
+            cfg.logger.wandb.run_id = info["wandb_run_id"]
+
+
+def wait_for_wandb_service_of(pid: int | None, timeout: float = 120.0) -> None:
+    """Wait while the W&B service of the interrupted process (``wandb-core --pid <pid>``) still runs.
+
+    That service outlives a killed training process by a few seconds while it writes the run's
+    record, and holds the run id until it exits: a resume started before that is refused by W&B.
+    """
+    import time
+
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+        b"wandb-core" in cmdline and f"--pid\0{pid}\0".encode() in cmdline for cmdline in process_command_lines()
+    ):
+        time.sleep(1.0)
+
+
+def process_command_lines() -> list[bytes]:
+    """Command lines of the running processes (NUL-separated, from /proc; empty where there is none)."""
+    lines = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(path.read_bytes())
+        except OSError:
+            continue
+    return lines
 
 
 def write_run_info(output_dir: Path, cfg: DictConfig, objects: dict[str, Any], status: str) -> None:
     """``run.json``: status and W&B run id, written when a run starts so that a resume can find them."""
-    info = {"status": status, "seed": int(cfg.seed), "git_commit": git_commit()}
+    info = {"status": status, "seed": int(cfg.seed), "git_commit": git_commit(), "pid": os.getpid()}
     for logger in wandb_loggers(objects["loggers"]):
         info["wandb_run_id"] = logger.experiment.id
     write_metrics_json(output_dir / "run.json", info)

@@ -37,6 +37,15 @@ def uninterrupted(tmp_path_factory):
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(uninterrupted, tmp_path):
+    resumed = killed_then_resumed(tmp_path, 13)  # last save at step 10: steps 11-13 are redone
+    for key in COMPARED:
+        assert resumed[key] == uninterrupted[key], key
+
+
+# Slow and known to fail at times: in some fresh-clone runs W&B refused the resumed run's id as "in use"
+# although the killed process's W&B service had exited; under investigation.
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics_and_wandb_run(uninterrupted, tmp_path):
     resumed = killed_then_resumed(tmp_path, 13, logger="wandb", extra=["logger.wandb.flush_seconds=0.2"])  # last save at step 10: steps 11-13 are redone
     for key in COMPARED:

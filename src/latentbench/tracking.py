@@ -71,25 +71,6 @@ def make_wandb_logger(
     )
 
 
-def start_wandb_run(logger: WandbLogger, wait_seconds: float = 120.0) -> None:
-    """Start the logger's W&B run, waiting while its id is still held by a killed process's W&B service.
-
-    A resumed run reuses the id of the run it continues; the W&B service of the killed process
-    outlives it for a few seconds (longer on a busy machine) and refuses the id until it exits.
-    """
-    import time
-
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            logger.experiment
-            return
-        except Exception as error:
-            if "is in use" not in str(error) or time.monotonic() > deadline:
-                raise
-            time.sleep(2.0)
-
-
 def make_csv_logger(save_dir: str, name: str = "csv") -> CSVLogger:
     """Metrics as ``save_dir/csv/version_0/metrics.csv``."""
     return CSVLogger(save_dir=save_dir, name=name)

@@ -19,7 +19,7 @@ from latentbench.checkpoints import ModelClassInCheckpoint, read_checkpoint
 from latentbench.config_check import check_config
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
-from latentbench.tracking import git_commit, log_run_artifacts, scrub, scrub_files, start_wandb_run, wandb_loggers, write_metrics_json
+from latentbench.tracking import git_commit, log_run_artifacts, scrub, scrub_files, wandb_loggers, write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -290,8 +290,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     failed = True
     try:
         if trainer.is_global_zero:
-            for logger in wandb_loggers(objects["loggers"]):
-                start_wandb_run(logger)
             write_run_info(output_dir, cfg, objects, "running")
         scrub_files(sorted((output_dir / ".hydra").glob("*.yaml")))
         for logger in objects["loggers"]:

@@ -212,6 +212,10 @@ def reuse_wandb_run(cfg: DictConfig) -> None:
     info = json.loads(run_file.read_text())
     if info.get("wandb_run_id"):
         wait_for_wandb_service_of(info.get("pid"))
+        # A W&B service inherited from a parent process (WANDB_SERVICE, set by any process that ran
+        # wandb before starting this one) still holds the killed run's stream, and refuses its id
+        # as "in use" for as long as that parent lives: the resume starts a service of its own.
+        os.environ.pop("WANDB_SERVICE", None)
         with open_dict(cfg):
             cfg.logger.wandb.run_id = info["wandb_run_id"]
 

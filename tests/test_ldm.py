@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from PIL import Image
 
 from latentbench.errors import ConfigError
@@ -325,15 +326,27 @@ def test_text_encoder_checkpoint_of_the_wrong_kind(cfg_factory, first_stage_chec
         train(cfg_factory(*TINY_LDM, *SHAPES, "model.conditioning=text", f"model.text_encoder.checkpoint={first_stage_checkpoint}"))
 
 
-@pytest.mark.slow
-def test_sample_fid_with_domain_features(cfg_factory, tmp_path_factory):
+def test_sample_class_accuracy_is_the_fid_classifiers_agreement_with_the_requested_classes(cfg_factory, tmp_path_factory, monkeypatch):
     classifier_run = tmp_path_factory.mktemp("classifier")
-    clf = train(make_cfg([*FAST, "model=classifier", "model.channels=[8,16]", "model.feature_dim=16", "data.limit=256"], classifier_run))
+    clf = train(make_cfg([*FAST, "model=classifier", "model.channels=[8,16]", "model.feature_dim=16", "data.limit=1024", "trainer.max_epochs=4", "model.optimizer.lr=0.01"], classifier_run))
     GlobalHydra.instance().clear()
     cfg = cfg_factory(*TINY_LDM, "model.conditioning=class", "model.sampling.steps=2", "model.fid.enabled=true",
-                      f"model.fid.checkpoint='{clf['checkpoint']}'", "model.fid.num_samples=20", "model.fid.batch_size=10")
+                      f"model.fid.checkpoint='{clf['checkpoint']}'", "model.fid.num_samples=40", "model.fid.batch_size=16")
     metrics = train(cfg)
-    assert np.isfinite(metrics["test/sample_fid_domain"]) and metrics["test/sample_fid_domain"] > 0
+    assert 0 <= metrics["test/sample_class_acc"] <= 1 and metrics["test/sample_fid_domain"] > 0
+    model = LatentDiffusion.load_from_checkpoint(metrics["checkpoint"], weights_only=True, fid=dict(cfg.model.fid)).eval()
+    data = instantiate(cfg.data)
+    data.setup("test")
+    batch = next(iter(data.test_dataloader()))
+    real, labels = batch["image"][:40], batch["label"][:40]
+    model._real = {"image": [real], "label": labels.tolist(), "caption": []}
+    # a "perfect" sampler returns the very images the requested classes came from
+    monkeypatch.setattr(model, "sample", lambda requests, per_condition, seed, **_: real[seed - model.sampling["seed"]:][: len(requests)])
+    results = model.sample_fid()
+    classifier = model._fid[0].extractor
+    assert results["class_acc"] == pytest.approx(float((classifier.predict(real) == labels).float().mean()))
+    assert results["class_acc"] > 0.3, (clf, results)  # the tiny classifier is far above chance (10 %) on real digits
+    assert abs(results["fid_domain"]) < 1e-3
 
 
 def test_fid_without_classifier_checkpoint_is_one_line(cfg_factory):

@@ -92,6 +92,11 @@ class DomainFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier.features(images.float())
 
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier's class for each image: ``(B, *input_shape)`` (or flat) -> ``(B,)`` ids."""
+        return self.classifier(images.float().reshape(-1, *self.input_shape)).argmax(dim=1)
+
 
 def load_state_dict_file(path: str, key: str) -> dict:
     """``torch.load(path, weights_only=True)`` with one-line errors for a missing or unreadable file."""
@@ -145,6 +150,7 @@ class FIDEvaluator(nn.Module):
                  image_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.name, self.image_shape = name, image_shape
+        self.extractor = extractor
         self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=True)
         self.kid = KernelInceptionDistance(feature=extractor, subset_size=kid_subset_size, reset_real_features=True) if kid else None
         self.kid_subset_size = kid_subset_size

@@ -431,8 +431,12 @@ class LatentDiffusion(pl.LightningModule):
         """FID of samples vs the kept evaluation images, sampling the same classes/captions they have.
 
         Uses the configured sampler, steps, guidance and seed, so the number is comparable across
-        epochs; the keys are the evaluator's (``fid_domain`` / ``fid_inception``).
+        epochs; the keys are the evaluator's (``fid_domain`` / ``fid_inception``). With class
+        conditioning and domain features, ``class_acc`` is the share of samples that the FID's
+        classifier assigns to the class they were sampled for.
         """
+        from latentbench.evaluation.fid import DomainFeatures
+
         evaluator = self._fid[0].to(self.device)
         evaluator.reset()
         real = torch.cat(self._real["image"])
@@ -444,12 +448,19 @@ class LatentDiffusion(pl.LightningModule):
             requests = None
         options = {key: self.sampling[key] for key in ("sampler", "steps", "guidance_scale")}
         size = self.fid_options["batch_size"]
+        classifier = evaluator.extractor if isinstance(self.conditioner, ClassConditioning) and isinstance(evaluator.extractor, DomainFeatures) else None
+        correct = 0
         for start in range(0, len(real), size):
             chunk = None if requests is None else list(requests[start : start + size])
             count = min(size, len(real) - start)
             fake = self.sample(chunk, per_condition=1 if chunk is not None else count, seed=self.sampling["seed"] + start, **options)
             evaluator.update(real[start : start + count].to(self.device), fake)
-        return evaluator.compute()
+            if classifier is not None:
+                correct += int((classifier.predict(fake) == torch.tensor(chunk, device=fake.device)).sum())
+        results = evaluator.compute()
+        if classifier is not None:
+            results["class_acc"] = correct / len(real)
+        return results
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, batch_idx, "val")

@@ -125,6 +125,9 @@ def test_missing_path_is_one_line(tmp_path):
     with pytest.raises(ValueError) as error:
         LaionDataModule(root=str(tmp_path / "nowhere"))
     assert "nowhere" in str(error.value) and "\n" not in str(error.value)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=r"root: .*notes\.txt is a file but not a shard \(expected a \.tar/\.parquet file"):
+        LaionDataModule(root=str(tmp_path / "notes.txt"))
     with pytest.raises(ValueError, match=r"no \.tar or \.parquet shards match .*\*\.tar"):
         LaionDataModule(root=str(tmp_path / "*.tar"))
 
@@ -161,6 +164,7 @@ def test_corrupt_tar_is_one_line_naming_the_file(tmp_path):
     dm.setup()
     kept = len(dm.splits["train"]) + len(dm.splits["val"])
     assert 20 < kept < 80
+    assert dm.skipped_counts()["data/skipped_bad"] == 1  # the damaged rest of the shard
 
 
 def test_garbage_tar_and_bad_samples(tmp_path):
@@ -181,9 +185,44 @@ def test_garbage_tar_and_bad_samples(tmp_path):
     dm = LaionDataModule(root=str(tmp_path), resolution=16, val_size=1, skip_bad=True, caption_column="txt")
     dm.setup()
     assert sorted(dm.splits["train"].captions + dm.splits["val"].captions) == ["a green picture", "a red picture"]
+    assert dm.skipped_counts()["data/skipped_bad"] == 2
+    # streamed, the bad samples are counted once each in the main process, however many passes
+    dm = LaionDataModule(root=str(shard), resolution=16, val_size=1, skip_bad=True, streaming=True, batch_size=4)
+    dm.setup()
+    for _ in range(2):
+        for batch in dm.train_dataloader():
+            dm.on_before_batch_transfer(batch, 0)
+            assert "skipped" not in batch and len(batch["caption"]) == len(batch["image"])
+    assert dm.skipped_counts() == {"data/skipped_bad": 2, "data/skipped_bad_train": 2, "data/skipped_bad_val": 0, "data/skipped_bad_test": 0}
     write_tar(shard, {"000": {"jpg": b"not a jpeg", "txt": b"broken image"}})
     with pytest.raises(ConfigError, match="train-00000.tar: sample 000: cannot decode its image"):
         LaionDataModule(root=str(tmp_path), resolution=16, val_size=1).setup()
+
+
+@needs_coco
+def test_a_single_shard_file_as_root():
+    dm = LaionDataModule(root=str(COCO / "val-00000.tar"), resolution=8, val_size=4)
+    dm.setup()
+    assert dm.files["train"] == [str(COCO / "val-00000.tar")] and len(dm.splits["train"]) + len(dm.splits["val"]) > 4
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_skipped_bad_samples_are_in_the_runs_metrics(cfg_factory, tmp_path, streaming):
+    import json
+
+    from latentbench.train import train
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_tar(shards / "train-00000.tar", {
+        **{f"{i:03d}": {"jpg": jpeg_bytes((20 * i, 0, 0)), "txt": b"a picture"} for i in range(12)},
+        "bad1": {"jpg": b"not a jpeg", "txt": b"broken image"},
+        "bad2": {"jpg": jpeg_bytes()},  # no caption
+    })
+    metrics = train(cfg_factory("model=ae", "data=laion", f"data.root={shards}", "data.resolution=8", "data.val_size=4",
+                                "data.batch_size=4", "data.skip_bad=true", f"data.streaming={streaming}", "callbacks.embedding_plot.methods=[pca]"))
+    assert metrics["data/skipped_bad"] == 2
+    assert json.loads((tmp_path / "metrics.json").read_text())["data/skipped_bad_train"] == 2
 
 
 def test_parquet_with_image_bytes(tmp_path):

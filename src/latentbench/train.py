@@ -161,6 +161,11 @@ def collect_metrics(cfg: DictConfig, trainer: pl.Trainer, test_results: list[dic
     for callback in objects["callbacks"]:
         if isinstance(callback, BestValidationMetrics):
             metrics.update({f"best_{k}": v for k, v in callback.best.items()})
+    skipped = getattr(objects["datamodule"], "skipped_counts", dict)()  # data.skip_bad=true: samples left out
+    if skipped:
+        metrics.update(skipped)
+        for logger in objects["loggers"]:
+            logger.log_metrics(skipped, step=trainer.global_step)
     metrics["seed"] = int(cfg.seed)
     metrics["git_commit"] = git_commit()
     metrics["global_step"] = int(trainer.global_step)

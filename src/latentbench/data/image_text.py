@@ -250,32 +250,38 @@ def to_example(key: str, fields: dict[str, Any], source: str, image_column: str 
     return {"image": image, "caption": caption, "label": label, "key": key}
 
 
+def bad_example(key: str, error: BadSample, resolution: int) -> dict[str, Any]:
+    """The stand-in for a sample that ``skip_bad`` skips: it travels to the data module, which drops
+    and counts it there (the reader may run in a loader worker, whose counts would be lost)."""
+    return {"image": np.zeros((3, resolution, resolution), dtype=np.uint8), "caption": "", "label": -1, "key": key, "bad": str(error)}
+
+
 def generate_local(files: list[str], skip_bad: bool, **options) -> Iterator[dict[str, Any]]:
-    """Examples of local shards, file after file (``files`` is what ``datasets`` splits into shards)."""
+    """Examples of local shards, file after file (``files`` is what ``datasets`` splits into shards);
+    with ``skip_bad`` a bad sample or the damaged rest of a shard yields one :func:`bad_example`."""
     for path in files:
         reader = iter_parquet_samples if path.endswith(".parquet") else iter_tar_samples
-        skipped = 0
+        key = None
         try:
             for key, fields in reader(path):
                 try:
-                    yield to_example(key, fields, path, **options)
+                    yield {**to_example(key, fields, path, **options), "bad": ""}
                 except BadSample as error:
                     if not skip_bad:
                         raise ConfigError(str(error)) from None
-                    skipped += 1
                     log.warning("skipping: %s", error)
+                    yield bad_example(f"{path}:{key}", error, options["resolution"])
         except BadSample as error:  # the shard itself is damaged
             if not skip_bad:
                 raise ConfigError(str(error)) from None
-            skipped += 1
             log.warning("skipping the rest of the shard: %s", error)
-        if skipped:
-            log.warning("%s: skipped %d bad sample(s) or shard(s) (skip_bad: true)", path, skipped)
+            yield bad_example(f"{path}:after {key}", error, options["resolution"])
 
 
 def example_features(resolution: int) -> Features:
+    """``bad`` is "" for a good example and the reason for a skipped one (see :func:`bad_example`)."""
     return Features({"image": Array3D(shape=(3, resolution, resolution), dtype="uint8"), "caption": Value("string"),
-                     "label": Value("int64"), "key": Value("string")})
+                     "label": Value("int64"), "key": Value("string"), "bad": Value("string")})
 
 
 def resolve_shards(pattern: str) -> list[str]:
@@ -289,17 +295,25 @@ def resolve_shards(pattern: str) -> list[str]:
 
 
 class LaionCollate:
-    """Stacks decoded examples into a batch, dropping captions with ``caption_dropout``."""
+    """Stacks decoded examples into a batch, dropping captions with ``caption_dropout``.
+
+    Skipped (bad) examples are left out; their keys go in ``batch["skipped"]`` for the data module
+    to count in the main process.
+    """
 
     def __init__(self, caption_dropout: float = 0.0):
         self.caption_dropout = caption_dropout
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        skipped = [str(e["key"]) for e in examples if e.get("bad")]
         images = torch.stack([torch.as_tensor(np.asarray(e["image"], dtype=np.uint8)) for e in examples])
+        keep = [i for i, e in enumerate(examples) if not e.get("bad")]
+        images, examples = images[keep], [examples[i] for i in keep]
         return {
             "image": images.float().div_(255.0),
             "label": torch.as_tensor([int(e["label"]) for e in examples], dtype=torch.int64),
             "caption": drop_captions([e["caption"] for e in examples], self.caption_dropout),
+            "skipped": skipped,
         }
 
 
@@ -430,10 +444,42 @@ class LaionDataModule(CaptionedImageDataModule):
         self.steps_per_epoch = steps_per_epoch
         self.files = self._find_files(root) if root is not None else None
         self.streams: dict[str, IterableDataset] = {}
+        self.skipped: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
+
+    def note_skipped(self, split: str, keys: list[str]) -> None:
+        """Count skipped bad samples once per key (a streamed split is read again every epoch)."""
+        new = set(keys) - self.skipped[split]
+        if new:
+            self.skipped[split] |= new
+            log.warning("data: skipped %d bad sample(s) in %s so far (skip_bad: true)", len(self.skipped[split]), split)
+
+    def skipped_counts(self) -> dict[str, int]:
+        """``{"data/skipped_bad": total, "data/skipped_bad_<split>": ...}`` for the run's metrics (skip_bad only)."""
+        if not self.skip_bad:
+            return {}
+        counts = {f"data/skipped_bad_{split}": len(keys) for split, keys in self.skipped.items()}
+        return {"data/skipped_bad": sum(counts.values()), **counts}
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "skipped" in batch:
+            skipped = batch.pop("skipped")
+            if skipped:
+                self.note_skipped(self.current_split(), skipped)
+        return batch
+
+    def current_split(self) -> str:
+        trainer = self.trainer
+        if trainer is None or trainer.training:
+            return "train"
+        return "test" if trainer.testing else "val"
 
     @staticmethod
     def _find_files(root: str) -> dict[str, list[str]]:
         path = Path(root).expanduser()
+        if path.is_file():
+            if not root.endswith(SHARD_SUFFIXES):
+                raise ValueError(f"root: {root} is a file but not a shard (expected a .tar/.parquet file, a folder of them or a glob pattern)")
+            return {"train": [str(path)], "val": [], "test": []}
         if not path.is_dir() and not any(ch in root for ch in "*?["):
             raise ValueError(f"root: {root} does not exist (expected a folder of .tar/.parquet shards or a glob pattern)")
         if path.is_dir():
@@ -500,18 +546,14 @@ class LaionDataModule(CaptionedImageDataModule):
         def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
             key = str(row.get("__key__", row.get("key", index)))
             try:
-                return {**to_example(key, row, source, **options), "ok": True}
+                return {**to_example(key, row, source, **options), "bad": ""}
             except BadSample as error:
                 if not self.skip_bad:
                     raise ConfigError(str(error)) from None
                 log.warning("skipping: %s", error)
-                blank = np.zeros((3, self.resolution, self.resolution), dtype=np.uint8)
-                return {"image": blank, "caption": "", "label": -1, "key": key, "ok": False}
+                return bad_example(key, error, self.resolution)
 
-        features = example_features(self.resolution)
-        features["ok"] = Value("bool")
-        converted = dataset.map(convert, with_indices=True, remove_columns=columns, features=features)
-        return converted.filter(lambda row: row["ok"]).remove_columns("ok")
+        return dataset.map(convert, with_indices=True, remove_columns=columns, features=example_features(self.resolution))
 
     # -- in memory -------------------------------------------------------------------------
 
@@ -521,6 +563,9 @@ class LaionDataModule(CaptionedImageDataModule):
             examples = examples.take(self.limit)
         images, labels, captions = [], [], []
         for example in examples.with_format("numpy"):
+            if example["bad"]:
+                self.note_skipped(split, [str(example["key"])])
+                continue
             images.append(example["image"])
             labels.append(example["label"])
             captions.append(example["caption"])

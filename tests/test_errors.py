@@ -29,6 +29,8 @@ CASES = {
     "unknown activation": (["model.activation=Foo"], "model.activation: 'Foo' is not a torch.nn activation"),
     "conv AE on flat data": (["model=ae_conv", "data.flatten=true"], "model.input_shape: a conv autoencoder needs (C, H, W) images"),
     "missing data folder": (["data=mnist", "data.root=/nonexistent/mnist"], "data.root: /nonexistent/mnist does not exist or is not a folder"),
+    "grey input for an RGB autoencoder": (["model=ae_conv", "data=shapes", "corruption=grayscale"],
+                                          "corruption: Grayscale turns the data's [3, 64, 64] images into [1, 64, 64], which ConvAutoEncoder cannot take as input"),
     "GPU on a CPU machine": (["trainer=gpu"], "trainer.accelerator: 'gpu' asked for, but this machine has no CUDA GPU"),
 }
 

@@ -111,14 +111,30 @@ def corruption_argument(cfg: DictConfig) -> dict[str, Any]:
     return {"corruption": build(node, "corruption")}
 
 
+def check_corruption_fits_model(cfg: DictConfig, corruption: Any, datamodule: pl.LightningDataModule, model: pl.LightningModule) -> None:
+    """A corruption that changes the image shape (``grayscale``: 3 -> 1 channel) needs a model that
+    takes such inputs (``accepts_grey_input``, the colorizer); found here, not at the first step."""
+    shape = tuple(getattr(datamodule, "image_shape", ()) or ())
+    if len(shape) != 3:
+        return
+    corrupted = tuple(corruption(torch.zeros(2, *shape), torch.Generator().manual_seed(0)).shape[1:])
+    if corrupted != shape and not getattr(model, "accepts_grey_input", False):
+        raise ConfigError(f"corruption: {cfg.corruption._target_.rpartition('.')[2]} turns the data's {list(shape)} images into "
+                          f"{list(corrupted)}, which {cfg.model._target_.rpartition('.')[2]} cannot take as input "
+                          f"(it reconstructs inputs of the data's shape; for grayscale use model=colorizer)")
+
+
 def build_run(cfg: DictConfig) -> dict[str, Any]:
     """Validate ``cfg`` and build data module, model, callbacks, loggers and trainer; loads no data."""
     check_config(cfg)
     check_hardware(cfg)
     log.info("data: %s", cfg.data._target_)
-    datamodule = build(cfg.data, "data", **corruption_argument(cfg))
+    corruption = corruption_argument(cfg)
+    datamodule = build(cfg.data, "data", **corruption)
     log.info("model: %s", cfg.model._target_)
     model = build(cfg.model, "model", **data_arguments(cfg.model, datamodule), _recursive_=False, _convert_="all")
+    if corruption:
+        check_corruption_fits_model(cfg, corruption["corruption"], datamodule, model)
     callbacks = build_callbacks(cfg)
     from latentbench.evaluation.fid import metric_callbacks
 

@@ -74,6 +74,9 @@ class Colorizer(ReconstructionModel):
     ``encode: (B, 1 or 3, H, W) -> (B, channels[-1])`` (the average-pooled bottleneck, for embeddings).
     """
 
+    accepts_grey_input = True  # the grayscale corruption's (B, 1, H, W) input; see train.check_corruption_fits_model
+
+
     def __init__(
         self,
         input_shape: tuple[int, ...] | list[int],

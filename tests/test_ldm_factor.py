@@ -65,7 +65,8 @@ PADDED_MNIST = ["data=mnist", f"data.root={MNIST_ROOT}", "data.pad_to=32", "data
 
 @needs_mnist
 def test_ae_kl_factor_8_on_mnist_padded_to_32(cfg_factory):
-    overrides = ["model=ae_kl", "model.factor=8", "model.channels=[8,8,16,16]", "model.norm_num_groups=4", "trainer.max_steps=2"]
+    overrides = ["model=ae_kl", "model.factor=8", "model.channels=[8,8,16,16]", "model.norm_num_groups=4", "trainer.max_steps=2",
+                 "~callbacks.embedding_plot"]
     metrics = train(cfg_factory(*overrides, *PADDED_MNIST))
     assert np.isfinite(metrics["test/recon_sse"]) and metrics["test/recon_sse"] > 0
     model = AutoencoderKL.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
@@ -82,8 +83,9 @@ def test_ae_kl_factor_8_on_mnist_padded_to_32(cfg_factory):
 @needs_mnist
 def test_f8_experiment_configs_train_first_stage_then_ldm(tmp_path):
     """The experiment's own f = 8 configs: the first stage, then the LDM on its 4x4x4 latents (a few steps)."""
-    few = [*FAST, *PADDED_MNIST[1:], "trainer.max_steps=2"]
-    first = train(make_cfg(["experiment=ldm_factor_ae_f8", *few], tmp_path / "first_stage" / "f8"))
+    few = [*FAST, *PADDED_MNIST[1:], "trainer.max_steps=2", "~callbacks.embedding_plot"]  # no t-SNE (most of the time)
+    tiny = ["model.channels=[8,8,16,16]", "model.norm_num_groups=4"]  # the experiment's factor and data, a smaller network
+    first = train(make_cfg(["experiment=ldm_factor_ae_f8", *few, *tiny], tmp_path / "first_stage" / "f8"))
     assert np.isfinite(first["test/psnr"])
     cfg = make_cfg(["experiment=ldm_factor_f8", *few, "logger=none", f"model.first_stage.checkpoint={tmp_path / 'first_stage' / 'f8'}",
                     "model.fid.enabled=false", "model.sampling.steps=2", "model.sampling.per_condition=1", "model.latent_std_batches=1"],

@@ -182,8 +182,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"val_size: a count must be positive, got {val_size}")
         self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
         self.val_size, self.split_seed, self.flatten, self.on_device = val_size, split_seed, flatten, on_device
-        if pad_to is not None and pad_to <= 0:
-            raise ValueError(f"pad_to: must be a positive image side (e.g. 32) or null, got {pad_to}")
+        if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to <= 0):
+            raise ValueError(f"pad_to: must be a positive image side (e.g. 32) or null, got {pad_to!r}")
         self.corruption, self.pad_to = corruption, pad_to
         self.splits: dict[str, TensorSplit] = {}
 

@@ -30,7 +30,13 @@ MNIST_SLICE = [f"data=mnist", f"data.root={MNIST_ROOT}", "data.limit=512", "data
 
 
 def make_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/train.yaml`` with overrides, as ``latentbench train`` would, into ``output_dir``."""
+    """Compose ``conf/train.yaml`` with overrides, as ``latentbench train`` would, into ``output_dir``.
+
+    The test-time embedding view draws PCA only, unless a test names ``callbacks...`` itself:
+    t-SNE costs ~10 s per run on two cores, and tests/test_embeddings.py covers it.
+    """
+    if not any(o.startswith(("callbacks", "~callbacks", "+callbacks")) for o in overrides):
+        overrides = [*overrides, "callbacks.embedding_plot.methods=[pca]"]
     return compose_run_config(overrides, output_dir)
 
 

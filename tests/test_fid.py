@@ -50,7 +50,9 @@ def classifier_ckpt(tmp_path_factory) -> str:
     batches = [{"image": images[i : i + 64], "label": labels[i : i + 64]} for i in range(0, 1400, 64)]
     pl.seed_everything(0)
     model = ImageClassifier(input_shape=[1, 8, 8], num_classes=10, channels=[16], feature_dim=32)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=80, logger=False, enable_checkpointing=False,
+    from latentbench.checkpoints import ModelClassInCheckpoint
+
+    trainer = pl.Trainer(accelerator="cpu", max_steps=80, logger=False, enable_checkpointing=False, callbacks=[ModelClassInCheckpoint()],
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     path = tmp_path_factory.mktemp("clf") / "classifier.ckpt"
@@ -119,13 +121,15 @@ def test_bad_classifier_checkpoints_are_one_line(tmp_path, classifier_ckpt):
         make_fid("domain", checkpoint=str(tmp_path / "nope.ckpt"))
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(open(classifier_ckpt, "rb").read()[:5000])
-    with pytest.raises(ConfigError, match=r"^metrics.fid.checkpoint: cannot read .*truncated.ckpt as a torch checkpoint"):
+    with pytest.raises(ConfigError, match=r"^metrics.fid.checkpoint: .*truncated.ckpt is not a readable checkpoint"):
         make_fid("domain", checkpoint=str(truncated))
+    from latentbench.checkpoints import MODEL_CLASS_KEY
     from latentbench.models.ae import AutoEncoder
 
     other = tmp_path / "ae.ckpt"
-    torch.save({"hyper_parameters": dict(AutoEncoder(input_shape=[1, 8, 8]).hparams), "state_dict": {}}, other)
-    with pytest.raises(ConfigError, match=r"is not a model=classifier checkpoint"):
+    torch.save({"hyper_parameters": dict(AutoEncoder(input_shape=[1, 8, 8]).hparams), "state_dict": {},
+                MODEL_CLASS_KEY: "latentbench.models.ae.AutoEncoder"}, other)
+    with pytest.raises(ConfigError, match=r"ae.ckpt holds a latentbench.models.ae.AutoEncoder checkpoint, expected latentbench.models.classifier.ImageClassifier$"):
         make_fid("domain", checkpoint=str(other))
 
 

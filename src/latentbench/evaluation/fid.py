@@ -112,19 +112,15 @@ def load_state_dict_file(path: str, key: str) -> dict:
 def load_classifier(checkpoint: str, key: str = "metrics.fid.checkpoint") -> nn.Module:
     """The :class:`~latentbench.models.classifier.ImageClassifier` saved in a ``model=classifier`` checkpoint.
 
-    Loaded with ``torch.load(weights_only=True)``; a missing or truncated file, or a checkpoint of
-    another model, is a one-line :class:`ConfigError` naming ``key``.
+    Read by :func:`latentbench.checkpoints.read_checkpoint` (``weights_only=True``): a missing or
+    truncated file, or a checkpoint of another model, is a one-line :class:`ConfigError` naming ``key``.
     """
+    from latentbench.checkpoints import read_checkpoint
     from latentbench.models.classifier import ImageClassifier
 
-    state = load_state_dict_file(checkpoint, key)
-    hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
-    if not isinstance(hparams, dict) or "state_dict" not in state:
-        raise ConfigError(f"{key}: {checkpoint} is not a Lightning checkpoint (no hyper_parameters/state_dict)")
-    if "num_classes" not in hparams or "feature_dim" not in hparams:
-        raise ConfigError(f"{key}: {checkpoint} is not a model=classifier checkpoint (its hyper-parameters: {', '.join(sorted(hparams))})")
+    state = read_checkpoint(checkpoint, key, expected=ImageClassifier)
     try:
-        model = ImageClassifier(**hparams)
+        model = ImageClassifier(**state.get("hyper_parameters", {}))
         model.load_state_dict(state["state_dict"])
     except (TypeError, ValueError, RuntimeError) as error:
         raise ConfigError(f"{key}: {checkpoint} does not match model=classifier ({first_line(error)[:160]})") from None

@@ -6,10 +6,14 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 
 from latentbench.curves import read_curve, write_curves
 from latentbench.errors import ConfigError
-from tests.conftest import MNIST_ROOT
+from latentbench.models.ae_kl import AutoencoderKL
+from latentbench.models.ldm import LatentDiffusion
+from latentbench.train import train
+from tests.conftest import FAST, MNIST_ROOT, make_cfg, needs_mnist
 
 
 def write_log(run, rows: list[dict]) -> None:
@@ -52,3 +56,39 @@ def test_quick_experiment_writes_fid_against_steps_per_factor(tmp_path):
         values = [float(row["val/sample_fid_domain"]) for row in rows if row["run"] == factor]
         assert len(values) == 3 and np.isfinite(values).all() and min(values) > 0  # one per LDM epoch
     assert "test/sample_fid_domain" in (tmp_path / "report" / "ldm.md").read_text()
+
+
+# -- f = 8 on MNIST zero-padded to 32x32 (data.pad_to=32) ------------------------------------------
+PADDED_MNIST = ["data=mnist", f"data.root={MNIST_ROOT}", "data.pad_to=32", "data.limit=64", "data.val_size=32", "data.batch_size=32"]
+
+
+@needs_mnist
+def test_ae_kl_factor_8_on_mnist_padded_to_32(cfg_factory):
+    overrides = ["model=ae_kl", "model.factor=8", "model.channels=[8,8,16,16]", "model.norm_num_groups=4", "trainer.max_steps=2",
+                 "~callbacks.embedding_plot"]
+    metrics = train(cfg_factory(*overrides, *PADDED_MNIST))
+    assert np.isfinite(metrics["test/recon_sse"]) and metrics["test/recon_sse"] > 0
+    model = AutoencoderKL.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
+    assert tuple(model.input_shape) == (1, 32, 32)
+    images = torch.rand(4, 1, 32, 32)  # (the padded data itself: tests/test_pad_to.py)
+    with torch.no_grad():
+        latents = model.encode_latents(images)
+        assert latents.shape == (4, 4, 4, 4)
+        assert model.decode_latents(latents).shape == (4, 1, 32, 32)
+
+
+@needs_mnist
+def test_f8_experiment_configs_train_first_stage_then_ldm(tmp_path):
+    """The experiment's own f = 8 configs: the first stage, then the LDM on its 4x4x4 latents (a few steps)."""
+    few = [*FAST, *PADDED_MNIST[1:], "trainer.max_steps=2", "~callbacks.embedding_plot"]  # no t-SNE (most of the time)
+    tiny = ["model.channels=[8,8,16,16]", "model.norm_num_groups=4"]  # the experiment's factor and data, a smaller network
+    first = train(make_cfg(["experiment=ldm_factor_ae_f8", *few, *tiny], tmp_path / "first_stage" / "f8"))
+    assert np.isfinite(first["test/psnr"])
+    cfg = make_cfg(["experiment=ldm_factor_f8", *few, "logger=none", f"model.first_stage.checkpoint={tmp_path / 'first_stage' / 'f8'}",
+                    "model.fid.enabled=false", "model.sampling.steps=2", "model.sampling.per_condition=1", "model.latent_std_batches=1"],
+                   tmp_path / "ldm" / "f8")
+    assert cfg.data.pad_to == 32 and list(cfg.model.unet.block_out_channels) == [64, 64]
+    metrics = train(cfg)
+    assert np.isfinite(metrics["test/loss"])
+    ldm = LatentDiffusion.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
+    assert tuple(ldm.latent_shape) == (4, 4, 4) and ldm.unet.config.sample_size == 4

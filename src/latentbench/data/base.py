@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from datasets import Array3D, Dataset, DatasetDict, Features, Value
 from torch.utils.data import DataLoader, Sampler
 
@@ -144,6 +145,10 @@ class ImageDataModule(pl.LightningDataModule):
         corruption (`Corruption`, *optional*): corrupts the model input (``batch["input"]``) while
             ``batch["image"]`` stays clean; passed in by ``latentbench train`` from the
             ``corruption`` config group. Training draws fresh noise, val/test the same noise every run.
+        pad_to (`int`, *optional*): zero-pad every image, centred, to ``pad_to x pad_to`` (MNIST
+            28x28 -> 32x32, as in LeNet and DDPM's MNIST setups, so that factors up to 8 divide it).
+            Applied once when the split tensors are built (no per-step cost); ``image_shape`` and
+            ``input_shape`` report the padded shape. Null: the images' own size.
 
     ``batch_size`` is per process: under DDP each rank draws ``batch_size`` examples from its shard.
     """
@@ -160,6 +165,7 @@ class ImageDataModule(pl.LightningDataModule):
         flatten: bool = False,
         on_device: bool = False,
         corruption: Corruption | None = None,
+        pad_to: int | None = None,
     ):
         super().__init__()
         if on_device and num_workers > 0:
@@ -176,8 +182,43 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"val_size: a count must be positive, got {val_size}")
         self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
         self.val_size, self.split_seed, self.flatten, self.on_device = val_size, split_seed, flatten, on_device
-        self.corruption = corruption
+        if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to <= 0):
+            raise ValueError(f"pad_to: must be a positive image side (e.g. 32) or null, got {pad_to!r}")
+        self.corruption, self.pad_to = corruption, pad_to
         self.splits: dict[str, TensorSplit] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass's ``image_shape`` (its images' own size) is wrapped to report the padded shape."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("image_shape")
+        if isinstance(own, property) and own.fget is not None and not getattr(own.fget, "pads", False):
+            source = own.fget
+
+            def image_shape(self) -> tuple[int, int, int]:
+                return self.padded_shape(source(self))
+
+            image_shape.pads = True
+            image_shape.__doc__ = source.__doc__ or ImageDataModule.image_shape.__doc__
+            cls.image_shape = property(image_shape)
+
+    def padded_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the source images -> ``(C, pad_to, pad_to)`` with ``pad_to``, else unchanged."""
+        pad_to = getattr(self, "pad_to", None)
+        if pad_to is None:
+            return tuple(shape)
+        c, h, w = shape
+        if pad_to < max(h, w):
+            raise ConfigError(f"data.pad_to: {pad_to} is smaller than the {h}x{w} images (padding cannot shrink them; use null or >= {max(h, w)})")
+        return (c, pad_to, pad_to)
+
+    def pad(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, pad_to, pad_to)``: zeros around the centred image (identity without pad_to)."""
+        if self.pad_to is None:
+            return images
+        h, w = images.shape[-2:]
+        self.padded_shape((images.shape[1], h, w))  # the size check
+        top, left = (self.pad_to - h) // 2, (self.pad_to - w) // 2
+        return F.pad(images, (left, self.pad_to - w - left, top, self.pad_to - h - top))
 
     @property
     @abstractmethod
@@ -230,7 +271,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _to_tensors(self, split: Dataset) -> TensorSplit:
         columns = split.with_format("numpy")[:]
-        images = torch.from_numpy(np.ascontiguousarray(columns["image"], dtype=np.uint8))
+        images = self.pad(torch.from_numpy(np.ascontiguousarray(columns["image"], dtype=np.uint8)))
         labels = torch.from_numpy(np.asarray(columns["label"], dtype=np.int64))
         device = self._storage_device()
         return TensorSplit(images.to(device), labels.to(device), self.pixel_scale, self.flatten)

@@ -396,7 +396,7 @@ class LaionDataModule(CaptionedImageDataModule):
             batches per rank (passes over the data repeat as needed), so DDP ranks stay in step
             whatever the shard sizes; null: one pass over the rank's shards.
         **kwargs: see :class:`~latentbench.data.base.ImageDataModule` (``limit`` caps every split;
-            in streaming mode ``val_size`` must be a count; ``on_device`` and ``flatten`` are in-memory only).
+            in streaming mode ``val_size`` must be a count; ``on_device``, ``flatten`` and ``pad_to`` are in-memory only).
     """
 
     def __init__(
@@ -427,8 +427,8 @@ class LaionDataModule(CaptionedImageDataModule):
             raise ValueError(f"steps_per_epoch: a positive count for streaming: true, got {steps_per_epoch} (streaming={streaming})")
         if root is None and not hub_name:
             raise ValueError("root: null and hub_name: null; give a folder or glob of shards (root) or a hub dataset (hub_name)")
-        if streaming and (self.on_device or self.flatten):
-            raise ValueError("streaming: true cannot be combined with on_device or flatten (in-memory options)")
+        if streaming and (self.on_device or self.flatten or self.pad_to is not None):
+            raise ValueError("streaming: true cannot be combined with on_device, flatten or pad_to (in-memory options)")
         if label_keywords is not None:
             if label_column or class_names:
                 raise ValueError("label_keywords: derives labels and class names from the captions; leave label_column and class_names null")

@@ -64,7 +64,9 @@ class AutoencoderKL(ReconstructionModel):
             raise ValueError(f"factor: must be one of {', '.join(map(str, FACTORS))}, got {factor}")
         in_channels, height, width = self.input_shape
         if height % factor or width % factor:
-            raise ValueError(f"factor: image size {height}x{width} is not divisible by factor {factor} (allowed: a factor dividing both sides)")
+            side = -(-max(height, width) // factor) * factor  # the next multiple of the factor
+            raise ValueError(f"factor: image size {height}x{width} is not divisible by factor {factor} "
+                             f"(allowed: a factor dividing both sides, or pad the images: data.pad_to={side})")
         levels = int(math.log2(factor)) + 1
         if len(channels) != levels:
             raise ValueError(f"channels: factor {factor} needs {levels} levels (log2(factor) + 1), got {len(channels)}: {list(channels)}")

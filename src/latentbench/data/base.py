@@ -187,20 +187,6 @@ class ImageDataModule(pl.LightningDataModule):
         self.corruption, self.pad_to = corruption, pad_to
         self.splits: dict[str, TensorSplit] = {}
 
-    def __init_subclass__(cls, **kwargs):
-        """A subclass's ``image_shape`` (its images' own size) is wrapped to report the padded shape."""
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("image_shape")
-        if isinstance(own, property) and own.fget is not None and not getattr(own.fget, "pads", False):
-            source = own.fget
-
-            def image_shape(self) -> tuple[int, int, int]:
-                return self.padded_shape(source(self))
-
-            image_shape.pads = True
-            image_shape.__doc__ = source.__doc__ or ImageDataModule.image_shape.__doc__
-            cls.image_shape = property(image_shape)
-
     def padded_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """``(C, H, W)`` of the source images -> ``(C, pad_to, pad_to)`` with ``pad_to``, else unchanged."""
         pad_to = getattr(self, "pad_to", None)
@@ -222,8 +208,13 @@ class ImageDataModule(pl.LightningDataModule):
 
     @property
     @abstractmethod
+    def source_image_shape(self) -> tuple[int, int, int]:
+        """Shape ``(C, H, W)`` of one image as the source gives it, known without loading any data."""
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
-        """Shape ``(C, H, W)`` of one image, known without loading any data."""
+        """Shape ``(C, H, W)`` of one served image: the source's, padded to ``pad_to`` when set."""
+        return self.padded_shape(self.source_image_shape)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

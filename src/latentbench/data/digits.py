@@ -29,7 +29,7 @@ class DigitsDataModule(ImageDataModule):
         self.test_size = test_size
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def source_image_shape(self) -> tuple[int, int, int]:
         return (1, 8, 8)
 
     @property

@@ -92,7 +92,7 @@ class FacesDataModule(ImageDataModule):
         return folders
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def source_image_shape(self) -> tuple[int, int, int]:
         return (1 if self.color == "grayscale" else 3, self.image_size, self.image_size)
 
     @property

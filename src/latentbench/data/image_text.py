@@ -493,7 +493,7 @@ class LaionDataModule(CaptionedImageDataModule):
         return files
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def source_image_shape(self) -> tuple[int, int, int]:
         return (3, self.resolution, self.resolution)
 
     @property

@@ -77,7 +77,7 @@ class ImagesDataModule(ImageDataModule):
         return files
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def source_image_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
     def train_augmentation(self):

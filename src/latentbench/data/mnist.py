@@ -96,7 +96,7 @@ class MNISTDataModule(ImageDataModule):
         return paths
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def source_image_shape(self) -> tuple[int, int, int]:
         return (1, 28, 28)
 
     @property

@@ -166,7 +166,7 @@ class ShapesDataModule(CaptionedImageDataModule):
         self.image_size, self.seed, self.label_by = image_size, seed, label_by
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def source_image_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
     @property

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from latentbench.models.base import ReconstructionModel, check_positive
+from latentbench.models.base import ReconstructionModel, check_code_and_loss, check_positive
 from latentbench.models.blocks import OutputActivation, mlp, output_layer, reconstruction_loss
 
 Loss = Literal["mse", "bce", "l1"]
@@ -39,11 +39,7 @@ class AutoEncoder(ReconstructionModel):
         super().__init__(input_shape, **kwargs)
         for width in hidden:
             check_positive("hidden", width)
-        check_positive("latent_dim", latent_dim)
-        if latent_dim > self.input_dim:
-            raise ValueError(f"latent_dim: {latent_dim} is larger than the input size {self.input_dim}")
-        if loss == "bce" and output_activation != "sigmoid":
-            raise ValueError(f"loss: 'bce' needs output_activation 'sigmoid', got {output_activation!r}")
+        check_code_and_loss(latent_dim, self.input_dim, loss, output_activation)
         self.loss_name = loss
         sizes = [self.input_dim, *hidden, latent_dim]
         self.encoder = mlp(sizes, activation)

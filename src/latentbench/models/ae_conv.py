@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from latentbench.models.ae import Loss
-from latentbench.models.base import ReconstructionModel, check_positive
+from latentbench.models.base import ReconstructionModel, check_code_and_loss, check_positive
 from latentbench.models.blocks import OutputActivation, conv_down, conv_up, output_layer, reconstruction_loss
 
 
@@ -44,11 +44,7 @@ class ConvAutoEncoder(ReconstructionModel):
             raise ValueError("channels: needs at least one stage, got []")
         for width in channels:
             check_positive("channels", width)
-        check_positive("latent_dim", latent_dim)
-        if latent_dim > self.input_dim:
-            raise ValueError(f"latent_dim: {latent_dim} is larger than the input size {self.input_dim}")
-        if loss == "bce" and output_activation != "sigmoid":
-            raise ValueError(f"loss: 'bce' needs output_activation 'sigmoid', got {output_activation!r}")
+        check_code_and_loss(latent_dim, self.input_dim, loss, output_activation)
         self.loss_name = loss
         in_channels, height, width = self.input_shape
         sizes = [(height, width)]

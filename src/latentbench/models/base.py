@@ -38,6 +38,15 @@ def check_positive(name: str, value: int | float) -> None:
         raise ValueError(f"{name}: must be positive, got {value}")
 
 
+def check_code_and_loss(latent_dim: int, input_dim: int, loss: str, output_activation: str) -> None:
+    """An autoencoder's code must be smaller than its input, and BCE needs outputs in (0, 1)."""
+    check_positive("latent_dim", latent_dim)
+    if latent_dim > input_dim:
+        raise ValueError(f"latent_dim: {latent_dim} is larger than the input size {input_dim}")
+    if loss == "bce" and output_activation != "sigmoid":
+        raise ValueError(f"loss: 'bce' needs output_activation 'sigmoid', got {output_activation!r}")
+
+
 class ReconstructionModel(pl.LightningModule):
     """Base of PCA and the autoencoders.
 

@@ -367,3 +367,26 @@ def test_sample_command_logs_to_the_runs_wandb(cfg_factory, tmp_path):
     assert [image["file"] for image in record["images"]] == ["sample_000.png", "sample_001.png", "sample_002.png"]
     logged = list((tmp_path / "wandb").glob(f"offline-run-*-{metrics['wandb_run_id']}/files/media/images/samples/grid_*.png"))
     assert logged, "the grid did not reach the training run's W&B files"
+
+
+def test_ema_warms_up_then_decays_at_the_configured_rate():
+    from torch.optim.swa_utils import AveragedModel
+
+    from latentbench.models.ldm import ema_with_warmup
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    ema.update_parameters(net)  # the first update copies: 0
+    net.weight.data.fill_(1.0)
+    ema.update_parameters(net)  # n = 1: decay (1 + 1) / (10 + 1)
+    assert float(ema.module.weight) == pytest.approx(1 - 2 / 11)
+    for _ in range(600):
+        ema.update_parameters(net)
+    assert float(ema.module.weight) > 0.999  # with a constant 0.999 it would be 1 - 0.999 ** 600 = 0.45
+    net.weight.data.fill_(2.0)
+    for _ in range(10_000):
+        ema.update_parameters(net)
+    before = float(ema.module.weight)
+    ema.update_parameters(net)
+    assert float(ema.module.weight) == pytest.approx(before + (1 - 0.999) * (2.0 - before))  # warm-up over: decay 0.999

@@ -26,7 +26,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel, UNet2DModel
 from hydra.utils import instantiate
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from latentbench.checkpoints import read_checkpoint
 from latentbench.errors import ConfigError
@@ -54,6 +54,23 @@ def check_keys(name: str, options: dict | None, allowed) -> None:
     for key in options or {}:
         if key not in allowed:
             raise ValueError(f"{name}.{key}: unknown key (allowed: {', '.join(allowed)})")
+
+
+def ema_with_warmup(decay: float):
+    """EMA update for :class:`~torch.optim.swa_utils.AveragedModel` whose decay grows with the number
+    of updates n as ``min(decay, (1 + n) / (10 + n))`` (the warm-up of diffusers' ``EMAModel``).
+
+    A constant decay of 0.999 keeps 55 % of the initial (random) weights in the average after 600
+    steps, so short runs would sample from a mostly untrained U-Net.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        step_decay = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - step_decay)
+
+    return update
 
 
 def build_unet(
@@ -255,7 +272,7 @@ class LatentDiffusion(pl.LightningModule):
             raise ValueError(f"sampling.sampler: {self.sampling['sampler']!r} is not a sampler (allowed: {', '.join(SAMPLERS)})")
         self.ema = None
         if ema_decay is not None:
-            self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema = AveragedModel(self.unet, multi_avg_fn=ema_with_warmup(ema_decay), use_buffers=True)
             self.ema.requires_grad_(False)
         self.register_buffer("latent_std", torch.tensor(1.0))
         self.register_buffer("latent_std_measured", torch.tensor(False))

@@ -138,6 +138,10 @@ def test_truncated_or_foreign_checkpoint_is_refused_by_name(tmp_path, capsys):
         read_checkpoint(last, "model.first_stage.checkpoint", expected=AutoEncoder)
     with pytest.raises(ConfigError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.ckpt", "k")
+    not_torch = tmp_path / "faces.mat"
+    not_torch.write_bytes(b"MATLAB 5.0 MAT-file" + bytes(200))
+    with pytest.raises(ConfigError, match=r"^k: .*faces.mat is not a readable checkpoint \(not a torch checkpoint file\)$"):
+        read_checkpoint(not_torch, "k")
     not_a_checkpoint = tmp_path / "weights.pt"
     torch.save({"weight": torch.zeros(2)}, not_a_checkpoint)
     with pytest.raises(ConfigError, match="is not a Lightning checkpoint"):

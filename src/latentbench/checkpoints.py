@@ -50,7 +50,11 @@ def read_checkpoint(path: str | Path, key: str, expected: type | tuple[type, ...
         raise ConfigError(f"{key}: checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as error:
+    except pickle.UnpicklingError as error:  # torch's message is a paragraph about weights_only: say what matters
+        unsafe = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), None)
+        what = f"it holds objects that weights_only=True refuses to load ({unsafe[:120]})" if unsafe else "not a torch checkpoint file"
+        raise ConfigError(f"{key}: {path} is not a readable checkpoint ({what})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         raise ConfigError(f"{key}: {path} is not a readable checkpoint (truncated or corrupt? {first_line(error)[:120]})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"{key}: {path} is not a Lightning checkpoint (no state_dict)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -10,9 +12,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from latentbench.cli import main as cli_main
+from latentbench.corruptions import Masking
 from latentbench.evaluation.embeddings import linear_probe_error
 from latentbench.train import train
 from tests.conftest import MNIST_ROOT, needs_mnist
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def test_linear_probe_error_separates_clusters_from_noise():
@@ -48,3 +57,31 @@ def test_probe_error_on_clean_mnist_codes_equals_sklearn_on_the_same_codes(cfg_f
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200)).fit(train_codes, train_batch["label"].numpy())
     expected = 100.0 * (1.0 - probe.score(test_codes, test_batch["label"].numpy()))
     assert error == pytest.approx(expected, abs=1e-4)
+
+
+def test_masking_fraction_zero_is_the_plain_autoencoder_input():
+    images = torch.rand(4, 1, 8, 8)
+    assert torch.equal(Masking(0.0)(images, torch.Generator().manual_seed(0)), images)
+    with pytest.raises(ValueError, match=r"fraction: must lie in \[0, 1\], got -0.1"):
+        Masking(-0.1)
+
+
+@needs_mnist
+def test_vincent2010_quick_mode_writes_one_row_per_masking_level_with_the_paper_column(tmp_path, capsys):
+    """The documented experiment command, quick and tiny: the plain AE (fraction 0) and 25 % masking, one seed."""
+    out = tmp_path / "vincent2010"
+    assert cli_main(["experiment", "vincent2010", "--quick", "--out", str(out), f"data.root={MNIST_ROOT}", "data.limit=300",
+                     "data.val_size=100", "model.hidden=[256]", "model.latent_dim=128"]) == 0
+    rows = {float(r["corruption.fraction"]): r for r in read_csv(out / "report" / "table.csv")}
+    assert set(rows) == {0.0, 0.25}
+    paper = "test/probe_err (paper, fine-tuned 3-layer stack)"
+    for level, value in ((0.0, 1.40), (0.25, 1.28)):
+        row = rows[level]
+        assert row["n"] == "1" and row["failed"] in ("", "0")
+        assert 0.0 <= float(row["test/probe_err mean"]) < 60.0  # linear probe on 200 train codes; chance: 90 %
+        assert 0.0 < float(row["test/mse mean"]) < 0.2 and 0.2 < float(row["test/knn_acc mean"]) <= 1.0
+        assert float(row[paper]) == value
+    assert float(rows[0.25]["test/mse mean"]) > float(rows[0.0]["test/mse mean"]) - 0.05  # masked inputs are not easier
+    assert "Vincent et al., JMLR 11:3371 (2010), Table 3" in (out / "report" / "table.md").read_text()
+    assert (out / "report" / "test_probe_err_vs_corruption.fraction.png").is_file()
+    assert "table: " in capsys.readouterr().out

@@ -104,7 +104,7 @@ def test_compose_applies_steps_in_order():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda: Masking(1.5), "fraction: must lie in (0, 1]"),
+    (lambda: Masking(1.5), "fraction: must lie in [0, 1]"),
     (lambda: GaussianNoise(sigma=0), "sigma: must be positive"),
     (lambda: Occlusion(shapes=["star"]), "shapes: a non-empty list of rectangle, line, blob"),
     (lambda: Downsample(factor=1), "factor: must be an integer >= 2"),

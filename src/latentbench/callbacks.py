@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -13,6 +14,8 @@ import torch
 from torchvision.utils import make_grid
 
 from latentbench.tracking import log_image, log_table
+
+log = logging.getLogger(__name__)
 
 MIN_DISPLAY_SIZE = 32
 
@@ -110,7 +113,9 @@ class EmbeddingPlot(pl.Callback):
     (label, 2-D PCA view, codes); ``test/embedding_projector`` (label, thumbnail, codes: W&B's
     embedding projector, or CSV + PNG thumbnails without W&B); and the metrics ``test/knn_acc``
     (k-NN fitted on up to ``knn_train_points`` train codes, scored on the test codes) and
-    ``test/knn_acc_2d`` (the same on the first two principal components of the codes).
+    ``test/knn_acc_2d`` (the same on the first two principal components of the codes); with
+    ``linear_probe``, ``test/probe_err``: the test error in % of a linear probe (standardised codes,
+    logistic regression) fitted on up to ``probe_train_points`` train codes.
 
     Args:
         max_points (`int`): test codes shown and scored.
@@ -119,10 +124,20 @@ class EmbeddingPlot(pl.Callback):
         knn_neighbors (`int`): k of the kNN accuracy; 0 turns it off.
         knn_train_points (`int`): train images encoded for the kNN classifier.
         thumbnails (`int`): rows (with image thumbnails) of the projector table; 0 turns it off.
+        linear_probe (`bool`): also log ``test/probe_err``.
+        probe_train_points (`int`): train images encoded for the linear probe.
+        probe_max_iter (`int`): iterations of the logistic regression.
+        score_inputs (`str`): what the kNN and the probe encode: ``input``, what the model sees (the
+            corrupted copy when the data adds one), or ``image``, the clean images (a denoising
+            autoencoder's features used on clean data, as in Vincent et al. 2010).
+        score_test_points (`int`): test images scored by the kNN and the probe; 0: the up to
+            ``max_points`` codes of the test run (re-encoded from the clean images with ``score_inputs=image``).
     """
 
     def __init__(self, max_points: int = 2000, methods: list[str] = ("pca", "tsne", "umap"), tsne_max_points: int = 500,
-                 knn_neighbors: int = 5, knn_train_points: int = 5000, thumbnails: int = 500):
+                 knn_neighbors: int = 5, knn_train_points: int = 5000, thumbnails: int = 500, linear_probe: bool = False,
+                 probe_train_points: int = 10000, probe_max_iter: int = 200, score_inputs: Literal["input", "image"] = "input",
+                 score_test_points: int = 0):
         from latentbench.evaluation.embeddings import METHODS
 
         if max_points <= 0:
@@ -131,11 +146,18 @@ class EmbeddingPlot(pl.Callback):
             if method not in METHODS:
                 raise ValueError(f"methods: {method!r} is not allowed (allowed: {', '.join(METHODS)})")
         for name, value in (("tsne_max_points", tsne_max_points), ("knn_neighbors", knn_neighbors),
-                            ("knn_train_points", knn_train_points), ("thumbnails", thumbnails)):
+                            ("knn_train_points", knn_train_points), ("thumbnails", thumbnails),
+                            ("probe_train_points", probe_train_points), ("score_test_points", score_test_points)):
             if value < 0:
                 raise ValueError(f"{name}: must be >= 0, got {value}")
+        if probe_max_iter <= 0:
+            raise ValueError(f"probe_max_iter: must be positive, got {probe_max_iter}")
+        if score_inputs not in ("input", "image"):
+            raise ValueError(f"score_inputs: {score_inputs!r} is not allowed (allowed: input, image)")
         self.max_points, self.methods, self.tsne_max_points = max_points, list(methods), tsne_max_points
         self.knn_neighbors, self.knn_train_points, self.thumbnails = knn_neighbors, knn_train_points, thumbnails
+        self.linear_probe, self.probe_train_points, self.probe_max_iter = linear_probe, probe_train_points, probe_max_iter
+        self.score_inputs, self.score_test_points = score_inputs, score_test_points
         self.codes: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.images: list[torch.Tensor] = []
@@ -161,18 +183,30 @@ class EmbeddingPlot(pl.Callback):
         self._log_views(trainer, pl_module, codes, labels)
 
     def _log_knn(self, trainer, pl_module, codes: np.ndarray, labels: np.ndarray) -> None:
-        from latentbench.evaluation.embeddings import encode_split, knn_accuracy, pca_2d
+        from latentbench.evaluation.embeddings import encode_split, knn_accuracy, linear_probe_error, pca_2d
 
         splits = getattr(trainer.datamodule, "splits", {}) if trainer.datamodule is not None else {}
-        if not self.knn_neighbors or "train" not in splits or not hasattr(pl_module, "encode"):
+        if not (self.knn_neighbors or self.linear_probe) or "train" not in splits or not hasattr(pl_module, "encode"):
             return
         was_training = pl_module.training
         pl_module.eval()
-        train_codes, train_labels, _ = encode_split(pl_module, splits["train"], self.knn_train_points)
+        train_points = max(self.knn_train_points if self.knn_neighbors else 0, self.probe_train_points if self.linear_probe else 0)
+        train_codes, train_labels, _ = encode_split(pl_module, splits["train"], train_points, key=self.score_inputs)
+        if (self.score_test_points or self.score_inputs == "image") and "test" in splits:
+            codes, labels, _ = encode_split(pl_module, splits["test"], self.score_test_points or len(codes), key=self.score_inputs)
         pl_module.train(was_training)
-        pl_module.log("test/knn_acc", knn_accuracy(train_codes, train_labels, codes, labels, self.knn_neighbors), sync_dist=True)
-        train_2d, test_2d = pca_2d(train_codes, codes)
-        pl_module.log("test/knn_acc_2d", knn_accuracy(train_2d, train_labels, test_2d, labels, self.knn_neighbors), sync_dist=True)
+        if self.knn_neighbors:
+            knn_codes, knn_labels = train_codes[: self.knn_train_points], train_labels[: self.knn_train_points]
+            pl_module.log("test/knn_acc", knn_accuracy(knn_codes, knn_labels, codes, labels, self.knn_neighbors), sync_dist=True)
+            train_2d, test_2d = pca_2d(knn_codes, codes)
+            pl_module.log("test/knn_acc_2d", knn_accuracy(train_2d, knn_labels, test_2d, labels, self.knn_neighbors), sync_dist=True)
+        if self.linear_probe:
+            probe_codes, probe_labels = train_codes[: self.probe_train_points], train_labels[: self.probe_train_points]
+            if len(np.unique(probe_labels)) < 2:
+                log.warning("EmbeddingPlot: test/probe_err skipped: the %d train codes hold fewer than 2 classes", len(probe_labels))
+            else:
+                error = linear_probe_error(probe_codes, probe_labels, codes, labels, self.probe_max_iter)
+                pl_module.log("test/probe_err", error, sync_dist=True)
 
     def _log_views(self, trainer, pl_module, codes: np.ndarray, labels: np.ndarray) -> None:
         from latentbench.evaluation.embeddings import log_projector_table, project, thumbnail, umap_installed

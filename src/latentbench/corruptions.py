@@ -36,7 +36,7 @@ class Corruption:
 
 def _check_fraction(name: str, value: float, low_open: bool = True) -> None:
     if not (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0):
-        raise ValueError(f"{name}: must lie in (0, 1], got {value}")
+        raise ValueError(f"{name}: must lie in {'(0, 1]' if low_open else '[0, 1]'}, got {value}")
 
 
 def _uniform(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -67,11 +67,12 @@ class Masking(Corruption):
     (all channels of a chosen pixel together).
 
     Args:
-        fraction (`float`): probability that a pixel is zeroed, in (0, 1].
+        fraction (`float`): probability that a pixel is zeroed, in [0, 1]; 0 zeroes none (the plain
+            autoencoder's input: the baseline row of a masking-level sweep).
     """
 
     def __init__(self, fraction: float = 0.25):
-        _check_fraction("fraction", fraction)
+        _check_fraction("fraction", fraction, low_open=False)
         self.fraction = fraction
 
     def __call__(self, images, generator=None):

@@ -58,6 +58,24 @@ def knn_accuracy(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: 
     return float(knn.fit(train_codes, train_labels).score(test_codes, test_labels))
 
 
+def linear_probe_error(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray, test_labels: np.ndarray,
+                       max_iter: int = 200) -> float:
+    """Test error in % of a linear probe: scikit-learn ``StandardScaler`` + ``LogisticRegression``
+    fitted on the train codes ``(N, D)`` and labels ``(N,)``, scored on the test codes ``(M, D)``."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    with warnings.catch_warnings():  # a probe capped at max_iter is the documented budget, not a fault
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        probe.fit(train_codes, train_labels)
+    return 100.0 * (1.0 - float(probe.score(test_codes, test_labels)))
+
+
 def pca_2d(train_codes: np.ndarray, test_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both sets in the first two principal components of the train codes (as they are when D <= 2)."""
     if train_codes.shape[1] <= 2:
@@ -69,14 +87,19 @@ def pca_2d(train_codes: np.ndarray, test_codes: np.ndarray) -> tuple[np.ndarray,
 
 
 @torch.no_grad()
-def encode_split(model: torch.nn.Module, split, count: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """``(codes (N, D), labels (N,), images (N, ...))`` of the first ``count`` items of a data split."""
+def encode_split(model: torch.nn.Module, split, count: int, batch_size: int = 256,
+                 key: str = "input") -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """``(codes (N, D), labels (N,), images (N, ...))`` of the first ``count`` items of a data split.
+
+    ``key="input"`` encodes what the model sees (the corrupted ``input`` when the data adds one, else
+    the clean ``image``); ``key="image"`` always encodes the clean images.
+    """
     codes, labels, images = [], [], []
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
     device, dtype = (tensors[0].device, tensors[0].dtype) if tensors else (torch.device("cpu"), torch.float32)
     for start in range(0, min(count, len(split)), batch_size):
         batch = split[list(range(start, min(start + batch_size, count, len(split))))]
-        x = batch.get("input", batch["image"]).to(device=device, dtype=dtype)  # bf16-true models take bf16
+        x = batch.get(key, batch["image"]).to(device=device, dtype=dtype)  # bf16-true models take bf16
         codes.append(model.encode(x).float().cpu())
         labels.append(batch["label"].cpu())
         images.append(batch["image"].cpu())

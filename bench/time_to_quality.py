@@ -116,7 +116,7 @@ def main() -> None:
     result = {"benchmark": "time_to_quality", **run(args), **environment(args.device)}
     name = f"time_to_quality-{args.device.split(':')[0]}-bs{args.batch_size}-{args.precision}{'-compile' if args.compile else ''}"
     path = write_result(name, result)
-    reached = ", ".join(f"< {t}: {s if s is not None else 'not reached'} s" for t, s in result["seconds_to_target"].items())
+    reached = ", ".join(f"< {t}: {f'{s} s' if s is not None else 'not reached'}" for t, s in result["seconds_to_target"].items())
     print(f"time to quality ({result['device']}, batch {args.batch_size}, {args.precision}): {reached}; "
           f"test recon_sse {result['test_recon_sse']:.3f} after {result['epochs']} epochs -> {path}")
 

@@ -391,3 +391,20 @@ def test_ema_warms_up_then_decays_at_the_configured_rate():
     before = float(ema.module.weight)
     ema.update_parameters(net)
     assert float(ema.module.weight) == pytest.approx(before + (1 - 0.999) * (2.0 - before))  # warm-up over: decay 0.999
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
+def test_samplers_never_clip_the_unit_std_latents(sampler):
+    """diffusers clips predicted samples to [-1, 1] by default, which broke every MNIST sample: a
+    third of unit-std latent values lie outside that range."""
+    from diffusers import DDPMScheduler
+
+    from latentbench.models.ldm import make_sampler
+
+    config = DDPMScheduler(num_train_timesteps=50, clip_sample=True).config
+    scheduler = make_sampler(sampler, config)
+    scheduler.set_timesteps(5)
+    latents = torch.full((1, 1, 2, 2), 3.0)
+    t = scheduler.timesteps[-1]  # the last step: the prediction of the clean sample is the result
+    out = scheduler.step(torch.zeros_like(latents), t, latents, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert float(out.max()) > 1.5  # 3.0 minus a little noise; clipped it would be at most 1

@@ -4,6 +4,7 @@ deep autoencoder).
 
     uv run python -m bench.time_to_quality                       # default recipe, CPU
     uv run python -m bench.time_to_quality --batch-size 256 --lr 2e-3 --precision bf16-mixed --compile
+    uv run python -m bench.time_to_quality --batch-size 256 --lr 2e-3 --schedule cosine --max-epochs 150
     uv run python -m bench.time_to_quality --device cuda --on-device
 
 The run is an ordinary ``latentbench train experiment=hinton2006_ae30`` run with one extra callback
@@ -63,6 +64,17 @@ class QualityClock(pl.Callback):
         self.path.write_text(json.dumps({"reached": self.reached, "history": self.history}, indent=2))
 
 
+def lr_schedule_overrides(schedule: str, max_epochs: int) -> list[str]:
+    """Hydra overrides for the learning-rate schedule: ``constant`` (the experiment's own) or
+    ``cosine`` (annealed to zero per epoch over ``max_epochs``, so the run should be allowed to finish
+    its epochs: ``--max-minutes`` cuts it before the rate is low)."""
+    if schedule == "constant":
+        return []
+    if schedule == "cosine":
+        return [f"model.scheduler={{_target_:torch.optim.lr_scheduler.CosineAnnealingLR,T_max:{max_epochs},interval:epoch}}"]
+    raise ValueError(f"--schedule: expected 'constant' or 'cosine', got {schedule!r}")
+
+
 def run(args: argparse.Namespace) -> dict:
     from hydra.core.global_hydra import GlobalHydra
 
@@ -82,6 +94,7 @@ def run(args: argparse.Namespace) -> dict:
             f"+callbacks.quality_clock.output_dir={output_dir}",
             f"+callbacks.quality_clock.targets=[{targets[0]},{targets[1]}]",
             f"+callbacks.quality_clock.max_minutes={args.max_minutes}",
+            *lr_schedule_overrides(args.schedule, args.max_epochs),
         ]
         cfg = compose_run_config(overrides, Path(output_dir))
         start = time.perf_counter()
@@ -104,6 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
+                        help="learning rate: constant, or cosine-annealed to zero over --max-epochs")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cpu")
@@ -115,6 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     result = {"benchmark": "time_to_quality", **run(args), **environment(args.device)}
     name = f"time_to_quality-{args.device.split(':')[0]}-bs{args.batch_size}-{args.precision}{'-compile' if args.compile else ''}"
+    name += "" if args.schedule == "constant" else f"-{args.schedule}{args.max_epochs}"
     path = write_result(name, result)
     reached = ", ".join(f"< {t}: {f'{s} s' if s is not None else 'not reached'}" for t, s in result["seconds_to_target"].items())
     print(f"time to quality ({result['device']}, batch {args.batch_size}, {args.precision}): {reached}; "

@@ -31,6 +31,8 @@ CASES = {
     "missing data folder": (["data=mnist", "data.root=/nonexistent/mnist"], "data.root: /nonexistent/mnist does not exist or is not a folder"),
     "grey input for an RGB autoencoder": (["model=ae_conv", "data=shapes", "corruption=grayscale"],
                                           "corruption: Grayscale turns the data's [3, 64, 64] images into [1, 64, 64], which ConvAutoEncoder cannot take as input"),
+    "bad scheduler interval": (["model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,step_size:1,interval:batch}"],
+                               "model.scheduler.interval: expected one of 'epoch', 'step', got 'batch'"),
     "GPU on a CPU machine": (["trainer=gpu"], "trainer.accelerator: 'gpu' asked for, but this machine has no CUDA GPU"),
 }
 

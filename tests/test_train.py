@@ -127,3 +127,14 @@ def test_checkpoint_loads_without_hydra(cfg_factory):
     metrics = train(cfg_factory("model=ae_conv", "data.limit=100"))
     model = ConvAutoEncoder.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("interval, expected_steps", [("step", 6), ("epoch", 2)])
+def test_lr_scheduler_steps_at_its_configured_interval(cfg_factory, tmp_path, interval, expected_steps):
+    # 300 digits at batch 100 -> 3 optimizer steps an epoch, 2 epochs
+    cfg = cfg_factory("model=ae", "trainer.max_epochs=2", "data.limit=300", "data.batch_size=100",
+                      f"model.scheduler={{_target_:torch.optim.lr_scheduler.StepLR,step_size:1,gamma:0.5,interval:{interval}}}")
+    metrics = train(cfg)
+    state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
+    assert state["lr_schedulers"][0]["last_epoch"] == expected_steps
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5**expected_steps)

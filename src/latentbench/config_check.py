@@ -55,8 +55,23 @@ def _check_node(node: Any, key: str) -> None:
             _check_node(value, f"{key}[{index}]")
 
 
+# Keys the harness reads itself from a ``_target_`` node before building it, so they are not
+# arguments of the target: ``model.scheduler.interval`` (see ``models.base.optimizer_and_scheduler``).
+HARNESS_KEYS = {"model.scheduler": {"interval": ("epoch", "step")}}
+
+
+def _check_harness_keys(node: DictConfig, key: str) -> set[str]:
+    """Checks the harness's own keys of the node at ``key``; returns their names."""
+    own = HARNESS_KEYS.get(key, {})
+    for name, allowed in own.items():
+        if name in node and node[name] not in allowed:
+            raise ConfigError(f"{key}.{name}: expected one of {', '.join(map(repr, allowed))}, got {node[name]!r}")
+    return set(own)
+
+
 def _check_target(node: DictConfig, key: str) -> None:
     target = node["_target_"]
+    own_keys = _check_harness_keys(node, key)
     try:
         obj = get_object(target)
     except Exception as error:  # ImportError, AttributeError: any failure means the name is wrong
@@ -73,7 +88,7 @@ def _check_target(node: DictConfig, key: str) -> None:
         hints = {}
     for name in node.keys():
         name = str(name)
-        if name.startswith("_"):
+        if name.startswith("_") or name in own_keys:
             continue
         if name not in params:
             if accepts_kwargs:

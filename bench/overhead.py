@@ -16,16 +16,74 @@ import argparse
 import os
 import tempfile
 import time
+from contextlib import nullcontext
+from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
-from bench.common import environment, spread, write_result
+from bench.common import RESULTS, environment, spread, write_result
 
 MNIST = os.environ.get("LATENTBENCH_DATA", "../shared/data") + "/mnist"
 
 
-def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on_device: bool) -> float:
-    """Wall time of ``trainer.fit`` for ``steps`` steps, built exactly as ``latentbench train`` builds it."""
+class Timing:
+    """Wall time of a training run split into its steady stream of steps and the rest.
+
+    ``total`` is the whole call; ``steady`` runs from the end of the first step to the end of the
+    last, i.e. ``steps - 1`` steps with no start-up (W&B init, Lightning setup, first-step
+    allocations) and no wind-down (final checkpoint, W&B finish); ``fixed = total - steady``.
+    """
+
+    def __init__(self) -> None:
+        self.total = self.first_step_end = self.last_step_end = 0.0
+
+    def step_ended(self, sync) -> None:
+        sync()
+        now = time.perf_counter()
+        if not self.first_step_end:
+            self.first_step_end = now
+        self.last_step_end = now
+
+    @property
+    def steady(self) -> float:
+        return self.last_step_end - self.first_step_end
+
+
+class StepClock(pl.Callback):
+    """Feeds the end of every training step to a :class:`Timing`."""
+
+    def __init__(self, timing: Timing, sync) -> None:
+        self.timing, self.sync = timing, sync
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.timing.step_ended(self.sync)
+
+
+def synchronizer(device: str):
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def profiled(path: Path | None):
+    """A CPU (and CUDA) profiler whose op table goes to ``path`` on exit, or nothing when no path."""
+    if path is None:
+        return nullcontext()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+
+    class Profile(torch.profiler.profile):
+        def __exit__(self, *exc):
+            super().__exit__(*exc)
+            table = self.key_averages().table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=60)
+            path.write_text(table + "\n")
+
+    return Profile(activities=activities)
+
+
+def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on_device: bool, profile: Path | None = None) -> Timing:
+    """Wall time of ``trainer.fit`` for ``steps`` steps, built exactly as ``latentbench train`` builds it
+    (plus a callback that notes the end of each step)."""
     from hydra.core.global_hydra import GlobalHydra
 
     from latentbench.compose import compose_run_config
@@ -41,19 +99,21 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
         ], output_dir)
         objects = build_run(cfg)
         trainer, module, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
+        timing = Timing()
+        trainer.callbacks.append(StepClock(timing, synchronizer(device)))
         datamodule.setup("fit")  # data loading is not training time, on either side
-        start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        with profiled(profile):
+            start = time.perf_counter()
+            trainer.fit(module, datamodule=datamodule)
+            synchronizer(device)()
+            timing.total = time.perf_counter() - start
         for logger in objects["loggers"]:
             logger.experiment.finish()
         GlobalHydra.instance().clear()
-    return seconds
+    return timing
 
 
-def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str) -> float:
+def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, profile: Path | None = None) -> Timing:
     """The same model class, data, optimizer and step count in a hand-written loop."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -71,21 +131,24 @@ def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str) -> 
     images = datamodule.splits["train"].images.to(device)
     network = instantiate(model_cfg, input_shape=[1, 28, 28], _recursive_=False, _convert_="all").to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=model_cfg.optimizer.lr)
-    start = time.perf_counter()
-    step = 0
-    while step < steps:
-        for index in torch.randperm(len(images), device=images.device).split(batch_size):
-            x = images[index].float() / 255
-            loss = network.training_loss(network(x), x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step == steps:
-                break
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    timing, sync = Timing(), synchronizer(device)
+    with profiled(profile):
+        start = time.perf_counter()
+        step = 0
+        while step < steps:
+            for index in torch.randperm(len(images), device=images.device).split(batch_size):
+                x = images[index].float() / 255
+                loss = network.training_loss(network(x), x)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                timing.step_ended(sync)
+                step += 1
+                if step == steps:
+                    break
+        sync()
+        timing.total = time.perf_counter() - start
+    return timing
 
 
 def main() -> None:
@@ -96,25 +159,44 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--on-device", action="store_true", help="hold MNIST on the device (latentbench data.on_device)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timed repetitions, run each side once more under the PyTorch profiler and "
+                             "write its op table to bench/results/<name>-profile-{latentbench,plain}.txt")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
+    name = f"overhead-{args.model}-{args.device.split(':')[0]}{'-ondevice' if args.on_device else ''}"
 
     plain_loop_seconds(args.model, 5, args.batch_size, args.device)  # warm-up: allocator, kernels
     ours, plain = [], []
     for _ in range(args.reps):
-        ours.append(args.steps * args.batch_size / latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device))
-        plain.append(args.steps * args.batch_size / plain_loop_seconds(args.model, args.steps, args.batch_size, args.device))
-    ratios = [a / b for a, b in zip(ours, plain)]
-    name = f"overhead-{args.model}-{args.device.split(':')[0]}{'-ondevice' if args.on_device else ''}"
+        ours.append(latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device))
+        plain.append(plain_loop_seconds(args.model, args.steps, args.batch_size, args.device))
+    images = args.steps * args.batch_size
+
+    def throughput(timings: list[Timing], steady: bool) -> list[float]:
+        return [(images - args.batch_size) / t.steady if steady else images / t.total for t in timings]
+
     result = {
         "benchmark": "overhead", "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
         "device_kind": args.device, "on_device": args.on_device,
-        "latentbench_images_per_s": spread(ours), "plain_loop_images_per_s": spread(plain),
-        "throughput_ratio": spread(ratios), **environment(args.device),
+        "latentbench_images_per_s": spread(throughput(ours, False)), "plain_loop_images_per_s": spread(throughput(plain, False)),
+        "throughput_ratio": spread([a / b for a, b in zip(throughput(ours, False), throughput(plain, False))]),
+        # the same from the end of the first step to the end of the last: per-step cost only
+        "steady_throughput_ratio": spread([a / b for a, b in zip(throughput(ours, True), throughput(plain, True))]),
+        "latentbench_fixed_seconds": spread([t.total - t.steady for t in ours]),
+        "plain_loop_fixed_seconds": spread([t.total - t.steady for t in plain]),
+        **environment(args.device),
     }
+    if args.profile:
+        for side, run in (("latentbench", lambda p: latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p)),
+                          ("plain", lambda p: plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, p))):
+            timing = run(Path(f"{RESULTS}/{name}-profile-{side}.txt"))
+            result[f"profiled_{side}_seconds"] = {"total": timing.total, "steady": timing.steady}
     path = write_result(name, result)
-    r = result["throughput_ratio"]
-    print(f"{name}: latentbench/plain throughput ratio median {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) "
+    r, s = result["throughput_ratio"], result["steady_throughput_ratio"]
+    print(f"{name}: latentbench/plain throughput ratio median {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}), "
+          f"steps only {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f}); fixed cost per fit "
+          f"{result['latentbench_fixed_seconds']['median']:.2f} s vs {result['plain_loop_fixed_seconds']['median']:.2f} s "
           f"over {args.reps} reps of {args.steps} steps -> {path}")
 
 

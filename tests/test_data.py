@@ -61,3 +61,19 @@ def test_not_an_idx_file(tmp_path):
     path.write_bytes(b"hello world, not idx")
     with pytest.raises(ConfigError, match="bad magic number"):
         read_idx(path)
+
+
+def test_image_arrays_read_from_arrow_equal_hf_formatting_through_an_indices_mapping():
+    from latentbench.data.base import arrays_to_dataset, image_and_label_arrays
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(50, 3, 4, 5), dtype=np.uint8)
+    dataset = arrays_to_dataset(images, np.arange(50))
+    assert dataset.data.table.column("image").num_chunks == 1
+    carved = dataset.train_test_split(test_size=10, seed=0, shuffle=True)["train"].select(range(3, 30))
+    got_images, got_labels = image_and_label_arrays(carved)
+    expected = carved.with_format("numpy")[:]
+    np.testing.assert_array_equal(got_labels, expected["label"])
+    np.testing.assert_array_equal(got_images, expected["image"])
+    np.testing.assert_array_equal(got_images, images[got_labels])  # labels are the original row numbers
+    assert got_images.dtype == np.uint8 and got_images.flags.writeable

@@ -15,10 +15,13 @@ from abc import abstractmethod
 from collections.abc import Callable
 
 import numpy as np
+import pyarrow as pa
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from datasets import Array3D, Dataset, DatasetDict, Features, Value
+from datasets import Array3D, Dataset, DatasetDict, DatasetInfo, Features, Value
+from datasets.features.features import Array3DExtensionType
+from datasets.table import InMemoryTable
 from torch.utils.data import DataLoader, Sampler
 
 from latentbench.corruptions import Corruption, corrupt_images, evaluation_seed
@@ -35,7 +38,46 @@ def arrays_to_dataset(images: np.ndarray, labels: np.ndarray) -> Dataset:
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
     features = image_features(tuple(int(s) for s in images.shape[1:]))
-    return Dataset.from_dict({"image": images, "label": labels.astype(np.int64)}, features=features)
+    return dataset_from_columns({"image": image_column(images), "label": np.asarray(labels, dtype=np.int64)}, features)
+
+
+def image_column(images: np.ndarray) -> pa.ExtensionArray:
+    """uint8 images ``(N, C, H, W)`` as one Arrow array of HF's ``Array3D`` type, built from the buffer
+    in one go (``Dataset.from_dict`` converts row by row and leaves one Arrow chunk per image, which
+    takes seconds for MNIST and makes every later read slow)."""
+    storage = pa.array(np.ascontiguousarray(images).reshape(-1))
+    rows = images.size
+    for size in reversed(images.shape[1:]):  # Array3D's storage: lists of lists of lists
+        rows //= size
+        storage = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * size + 1, size, dtype=np.int32)), storage)
+    shape = tuple(int(s) for s in images.shape[1:])
+    return pa.ExtensionArray.from_storage(Array3DExtensionType(shape=shape, dtype=str(images.dtype)), storage)
+
+
+def dataset_from_columns(columns: dict, features: Features) -> Dataset:
+    """An in-memory HF Dataset of the given features from Arrow arrays, numpy arrays or lists."""
+    table = pa.table({name: columns[name] for name in features}, schema=features.arrow_schema)
+    return Dataset(InMemoryTable(table), info=DatasetInfo(features=features))
+
+
+def image_and_label_arrays(split: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """A split's ``image`` column (``Array3D`` uint8) as a writable numpy array ``(N, C, H, W)`` and its
+    ``label`` column ``(N,)`` int64, read from Arrow directly: HF's numpy formatting is several times
+    slower and widens the images to int64, and its gather through a split's indices mapping (from
+    ``train_test_split`` / ``select``) goes row by row, so the rows are picked here with numpy."""
+    table = split.data.table
+    column = table.column("image").combine_chunks()
+    storage = column.storage if isinstance(column, pa.ExtensionArray) else column
+    shape = split.features["image"].shape
+    for _ in shape:
+        storage = storage.flatten()
+    images = storage.to_numpy(zero_copy_only=False).reshape(len(table), *shape)
+    labels = table.column("label").to_numpy()
+    indices = getattr(split, "_indices", None)  # the indices mapping: None when the rows are the table's
+    if indices is not None:
+        rows = indices.column(0).to_numpy()
+        images, labels = images[rows], labels[rows]
+    return np.array(images, dtype=np.uint8), np.array(labels, dtype=np.int64)
 
 
 class TensorSplit(torch.utils.data.Dataset):
@@ -261,9 +303,8 @@ class ImageDataModule(pl.LightningDataModule):
         return None
 
     def _to_tensors(self, split: Dataset) -> TensorSplit:
-        columns = split.with_format("numpy")[:]
-        images = self.pad(torch.from_numpy(np.ascontiguousarray(columns["image"], dtype=np.uint8)))
-        labels = torch.from_numpy(np.asarray(columns["label"], dtype=np.int64))
+        images, labels = (torch.from_numpy(array) for array in image_and_label_arrays(split))
+        images = self.pad(images)
         device = self._storage_device()
         return TensorSplit(images.to(device), labels.to(device), self.pixel_scale, self.flatten)
 

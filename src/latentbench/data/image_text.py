@@ -31,7 +31,7 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from latentbench.data.base import ImageDataModule, TensorSplit
+from latentbench.data.base import ImageDataModule, TensorSplit, dataset_from_columns, image_column
 from latentbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ def captioned_dataset(images: np.ndarray, labels: np.ndarray, captions: list[str
     if not len(images) == len(labels) == len(captions):
         raise ValueError(f"{len(images)} images, {len(labels)} labels and {len(captions)} captions differ in number")
     features = captioned_features(tuple(int(s) for s in images.shape[1:]))
-    return Dataset.from_dict({"image": images, "label": np.asarray(labels, dtype=np.int64), "caption": list(captions)},
-                             features=features)
+    return dataset_from_columns({"image": image_column(images), "label": np.asarray(labels, dtype=np.int64),
+                                 "caption": list(captions)}, features)
 
 
 def drop_captions(captions: list[str], probability: float) -> list[str]:

@@ -1,7 +1,9 @@
-"""Cost of evaluation metrics: FID at its default interval as a share of a training run's wall time.
+"""Cost of evaluation metrics: FID (and, for the LDM, CLIP score) at their default interval as a
+share of a training run's wall time.
 
     uv run python -m bench.eval --steps 100 --reps 2
     uv run python -m bench.eval --model ae_conv --every-n-val-epochs 1
+    uv run python -m bench.eval --model ldm --steps 64 --reps 2
 
 Setup (not timed): a small ``model=classifier`` trained for a few steps on MNIST, the ``domain``
 feature extractor of FID. Then, alternated for ``--reps`` repetitions, the same ``latentbench
@@ -12,8 +14,13 @@ checkpoint) with ``metrics.fid.checkpoint=<classifier>`` and without metrics. Wi
 ``(time with - time without) / time with``, min/median/max, and FID's compute time alone (extractor
 features of ``num_images`` real and reconstructed images + the Frechet distance).
 
-CLIP score (``latentbench.evaluation.clip_score``) has no training-time config path yet (it is
-called by evaluation code, not by a metrics callback), so it is not timed inside a run here.
+``--model ldm``: a text-conditioned ``model=ldm`` on 16x16 ``data=shapes`` (512 training images,
+batch 32, so 16 steps an epoch), on the tiny first stage and CLIP text tower of ``bench.diffusion``
+(trained first, not timed) and a small shapes classifier. Both runs draw the model's fixed-seed
+sample grid every epoch (``model.sampling``, the default interval); the run with metrics adds, at
+that interval and at test, the sample FID (``model.fid``: ``num_samples`` samples for the
+validation images' captions vs the real images, domain features) and the CLIP score of samples for
+``metrics.clip_score.num_prompts`` captions (scored by that CLIP model), with their defaults.
 """
 
 from __future__ import annotations
@@ -33,32 +40,62 @@ DATA = ["data=mnist", f"data.root={MNIST}", "data.limit=4096", "data.val_size=10
 CPU = ["trainer=cpu", "logger=none"]
 
 
-def train_classifier(root: Path) -> str:
+def train_classifier(root: Path, data: list[str] = DATA) -> str:
     from hydra.core.global_hydra import GlobalHydra
 
     from latentbench.compose import compose_run_config
     from latentbench.train import train
 
-    metrics = train(compose_run_config([*CPU, *DATA, "model=classifier", "model.channels=[8,16]", "model.feature_dim=32",
-                                        "trainer.max_steps=30", "trainer.max_epochs=-1", "trainer.limit_val_batches=1"], root / "classifier"))
+    train(compose_run_config([*CPU, *data, "model=classifier", "model.channels=[8,16]", "model.feature_dim=32",
+                              "trainer.max_steps=30", "trainer.max_epochs=-1", "trainer.limit_val_batches=1"], root / "classifier"))
     GlobalHydra.instance().clear()
     from latentbench.models.ldm import resolve_checkpoint
 
     return resolve_checkpoint(str(root / "classifier"))  # its best checkpoint, else last.ckpt
 
 
-def run_seconds(args, classifier: str | None) -> tuple[float, dict]:
-    """Wall time of one whole ``latentbench train`` run (build, fit, test), with or without FID."""
+def autoencoder_overrides(args, setup: dict[str, str], with_metrics: bool) -> list[str]:
+    """An MNIST autoencoder run; with metrics: reconstruction FID (domain features)."""
+    overrides = [*CPU, *DATA, f"model={args.model}", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"]
+    if with_metrics:
+        overrides += [f"metrics.fid.checkpoint='{setup['classifier']}'", f"metrics.fid.num_images={args.num_images}"]
+        if args.every_n_val_epochs:
+            overrides.append(f"metrics.fid.every_n_val_epochs={args.every_n_val_epochs}")
+    return overrides
+
+
+def ldm_overrides(args, setup: dict[str, str], with_metrics: bool) -> list[str]:
+    """A text-conditioned LDM run on shapes, sample grid every epoch; with metrics: sample FID + CLIP score."""
+    from bench.diffusion import SHAPES
+
+    overrides = [
+        *CPU, *SHAPES, "data.batch_size=32", "model=ldm", "model.conditioning=text",
+        f"model.first_stage.checkpoint={setup['first_stage']}", f"model.text_encoder.checkpoint={setup['clip']}",
+        "model.latent_std_batches=1", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
+    ]
+    if with_metrics:
+        overrides += ["model.fid.enabled=true", f"model.fid.checkpoint='{setup['classifier']}'",
+                      f"metrics.clip_score.checkpoint='{setup['clip']}'"]
+    return overrides
+
+
+def prepare(args, root: Path) -> dict[str, str]:
+    """Checkpoints the timed runs read (trained here, not timed)."""
+    if args.model != "ldm":
+        return {"classifier": train_classifier(root)}
+    from bench.diffusion import SHAPES, setup_checkpoints
+
+    return {**setup_checkpoints(root, "text"), "classifier": train_classifier(root, SHAPES)}
+
+
+def run_seconds(args, setup: dict[str, str], with_metrics: bool) -> tuple[float, dict]:
+    """Wall time of one whole ``latentbench train`` run (build, fit, test), with or without the metrics."""
     from hydra.core.global_hydra import GlobalHydra
 
     from latentbench.compose import compose_run_config
     from latentbench.train import train
 
-    overrides = [*CPU, *DATA, f"model={args.model}", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"]
-    if classifier is not None:
-        overrides += [f"metrics.fid.checkpoint='{classifier}'", f"metrics.fid.num_images={args.num_images}"]
-        if args.every_n_val_epochs:
-            overrides.append(f"metrics.fid.every_n_val_epochs={args.every_n_val_epochs}")
+    overrides = (ldm_overrides if args.model == "ldm" else autoencoder_overrides)(args, setup, with_metrics)
     with tempfile.TemporaryDirectory() as output_dir:
         start = time.perf_counter()
         metrics = train(compose_run_config(overrides, output_dir))
@@ -87,7 +124,7 @@ def fid_alone_seconds(classifier: str, num_images: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ae_hinton", choices=["ae_hinton", "ae_conv", "ae"])
+    parser.add_argument("--model", default="ae_hinton", choices=["ae_hinton", "ae_conv", "ae", "ldm"])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--num-images", type=int, default=1000, help="metrics.fid.num_images (default of conf/metrics)")
@@ -95,30 +132,34 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
 
+    ldm = args.model == "ldm"
     with tempfile.TemporaryDirectory() as root:
-        classifier = train_classifier(Path(root))
-        # no separate warm-up: the classifier's training above has warmed up allocator and kernels
-        with_metrics, without, fid_values = [], [], []
+        setup = prepare(args, Path(root))
+        # no separate warm-up: the setup's training above has warmed up allocator and kernels
+        with_metrics, without, values = [], [], []
         for _ in range(args.reps):
-            seconds, metrics = run_seconds(args, classifier)
+            seconds, metrics = run_seconds(args, setup, with_metrics=True)
             with_metrics.append(seconds)
-            fid_values.append(metrics.get("test/fid_domain"))
-            without.append(run_seconds(args, None)[0])
-        alone = [fid_alone_seconds(classifier, args.num_images) for _ in range(args.reps)]
+            values.append({key: value for key, value in metrics.items() if "fid" in key or "clip_score" in key})
+            without.append(run_seconds(args, setup, with_metrics=False)[0])
+        alone = [] if ldm else [fid_alone_seconds(setup["classifier"], args.num_images) for _ in range(args.reps)]
     shares = [(a - b) / a for a, b in zip(with_metrics, without)]
-    name = f"eval-fid-{args.model}-cpu"
+    name = f"eval-{'fid-clip_score' if ldm else 'fid'}-{args.model}-cpu"
     result = {
-        "benchmark": "eval", "metric": "fid_domain", "model": args.model, "steps": args.steps,
-        "num_images": args.num_images, "every_n_val_epochs": args.every_n_val_epochs,
+        "benchmark": "eval", "metric": "sample fid_domain + clip_score_local" if ldm else "fid_domain",
+        "model": args.model, "steps": args.steps,
+        **({} if ldm else {"num_images": args.num_images, "every_n_val_epochs": args.every_n_val_epochs}),
         "run_seconds_with_metrics": spread(with_metrics), "run_seconds_without": spread(without),
-        "metrics_share_of_run": spread(shares), "fid_alone_seconds": spread(alone), "test_fid_domain": fid_values,
+        "metrics_share_of_run": spread(shares), "metric_values": values,
+        **({} if ldm else {"fid_alone_seconds": spread(alone)}),
         **environment("cpu"),
     }
     path = write_result(name, result)
     s = result["metrics_share_of_run"]
+    alone_note = "" if ldm else f"; FID on {args.num_images} images alone {spread(alone)['median']:.2f} s"
     print(f"{name}: metrics take {s['median']:.1%} of the run (min {s['min']:.1%}, max {s['max']:.1%}; "
-          f"{spread(with_metrics)['median']:.1f} s with vs {spread(without)['median']:.1f} s without, {args.steps} steps); "
-          f"FID on {args.num_images} images alone {spread(alone)['median']:.2f} s -> {path}")
+          f"{spread(with_metrics)['median']:.1f} s with vs {spread(without)['median']:.1f} s without, {args.steps} steps)"
+          f"{alone_note} -> {path}")
 
 
 if __name__ == "__main__":

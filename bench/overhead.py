@@ -183,6 +183,9 @@ def main() -> None:
         "throughput_ratio": spread([a / b for a, b in zip(throughput(ours, False), throughput(plain, False))]),
         # the same from the end of the first step to the end of the last: per-step cost only
         "steady_throughput_ratio": spread([a / b for a, b in zip(throughput(ours, True), throughput(plain, True))]),
+        # what the harness adds to every optimizer step, whatever the model (ms): a model whose step
+        # takes T ms runs at T / (T + this) of the plain loop's speed
+        "per_step_overhead_ms": spread([1000 * (a.steady - b.steady) / (args.steps - 1) for a, b in zip(ours, plain)]),
         "latentbench_fixed_seconds": spread([t.total - t.steady for t in ours]),
         "plain_loop_fixed_seconds": spread([t.total - t.steady for t in plain]),
         **environment(args.device),
@@ -195,7 +198,8 @@ def main() -> None:
     path = write_result(name, result)
     r, s = result["throughput_ratio"], result["steady_throughput_ratio"]
     print(f"{name}: latentbench/plain throughput ratio median {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}), "
-          f"steps only {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f}); fixed cost per fit "
+          f"steps only {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f}), "
+          f"{result['per_step_overhead_ms']['median']:.2f} ms more per step; fixed cost per fit "
           f"{result['latentbench_fixed_seconds']['median']:.2f} s vs {result['plain_loop_fixed_seconds']['median']:.2f} s "
           f"over {args.reps} reps of {args.steps} steps -> {path}")
 

@@ -138,3 +138,30 @@ def test_lr_scheduler_steps_at_its_configured_interval(cfg_factory, tmp_path, in
     state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
     assert state["lr_schedulers"][0]["last_epoch"] == expected_steps
     assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5**expected_steps)
+
+
+def logged_train_losses(cfg_factory, tmp_path, every: int) -> dict[int, float]:
+    import csv
+
+    out = tmp_path / f"every{every}"
+    cfg = cfg_factory("model=ae", "trainer.max_steps=20", "trainer.max_epochs=-1", "data.limit=400", "data.batch_size=50",
+                      "logger=csv", f"trainer.log_every_n_steps={every}", "trainer.limit_val_batches=0", "callbacks=none",
+                      f"paths.output_dir={out}", f"hydra.run.dir={out}")
+    train(cfg)
+    rows = csv.DictReader(open(next(out.glob("csv/version_*/metrics.csv"))))
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+def test_training_values_are_logged_only_on_the_steps_lightning_writes(cfg_factory, tmp_path, monkeypatch):
+    from latentbench.models.ae import AutoEncoder
+
+    every_step = logged_train_losses(cfg_factory, tmp_path, every=1)
+    calls = []
+    original_log = AutoEncoder.log
+    monkeypatch.setattr(AutoEncoder, "log", lambda self, name, *a, **k: (calls.append((name, self.global_step)), original_log(self, name, *a, **k)))
+    every_fifth = logged_train_losses(cfg_factory, tmp_path, every=5)
+    assert sorted(every_step) == list(range(20))
+    assert sorted(every_fifth) == [4, 9, 14, 19]
+    # the same numbers as when every step is logged: skipping the other steps changes nothing written
+    assert every_fifth == pytest.approx({step: every_step[step] for step in every_fifth}, rel=1e-6)
+    assert [step for name, step in calls if name == "train/loss"] == [4, 9, 14, 19]

@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 
 from latentbench.models.ae import Loss
-from latentbench.models.base import ReconstructionModel, check_positive
+from latentbench.models.base import ReconstructionModel, check_positive, log_training_values
 from latentbench.models.blocks import OutputActivation, output_layer, reconstruction_loss
 
 FACTORS = (1, 2, 4, 8)
@@ -125,9 +125,10 @@ class AutoencoderKL(ReconstructionModel):
         z = posterior.sample() if self.kl_weight > 0 else posterior.mean
         reconstruction = self.decode_latents(z)
         loss = self.training_loss(reconstruction, batch["image"])
+        logged = {}
         if self.kl_weight > 0:
             kl = posterior.kl().mean() / math.prod(self.input_shape)  # per pixel, like the reconstruction loss
-            self.log("train/kl", kl, batch_size=len(z))
+            logged["train/kl"] = kl
             loss = loss + self.kl_weight * kl
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(z))
+        log_training_values(self, {"train/loss": loss, **logged}, len(z))
         return loss

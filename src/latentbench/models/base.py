@@ -32,6 +32,22 @@ def optimizer_and_scheduler(optimizer_cfg: dict, scheduler_cfg: dict | None, par
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
 
+def log_training_values(module: pl.LightningModule, values: dict[str, torch.Tensor], batch_size: int) -> None:
+    """``module.log`` the per-step training values (the first on the progress bar), but only on the
+    steps whose logs Lightning writes (every ``trainer.log_every_n_steps``, and the last one).
+
+    Each ``self.log`` call costs Lightning about 0.3 ms on a CPU (it moves the stored result to the
+    value's device every call), which is a tenth of a small MNIST model's step; values logged in
+    between would only be overwritten, so skipping them changes no logged number.
+    """
+    trainer = module._trainer
+    # the very test Lightning makes before it writes a step's logs (logger_connector.update_train_step_metrics)
+    if trainer is not None and not (trainer._logger_connector.should_update_logs or trainer.fast_dev_run):
+        return
+    for index, (name, value) in enumerate(values.items()):
+        module.log(name, value, prog_bar=index == 0, batch_size=batch_size)
+
+
 def check_positive(name: str, value: int | float) -> None:
     """Raise ``ValueError("name: must be positive, got value")`` unless value > 0."""
     if value <= 0:
@@ -100,7 +116,7 @@ class ReconstructionModel(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         reconstruction = self(self.model_input(batch))
         loss = self.training_loss(reconstruction, batch["image"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(reconstruction))
+        log_training_values(self, {"train/loss": loss}, len(reconstruction))
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.loss import ClipLoss
 
 from latentbench.errors import ConfigError
-from latentbench.models.base import optimizer_and_scheduler
+from latentbench.models.base import log_training_values, optimizer_and_scheduler
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -267,8 +267,8 @@ class CLIPModel(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self(batch["image"], batch["caption"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
-        self.log("train/logit_scale", self.model.logit_scale.exp().detach(), batch_size=len(batch["caption"]))
+        log_training_values(self, {"train/loss": loss, "train/logit_scale": self.model.logit_scale.exp().detach()},
+                            len(batch["caption"]))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

@@ -8,7 +8,7 @@ import torch
 from kornia.color import lab_to_rgb, rgb_to_grayscale, rgb_to_lab, rgb_to_ycbcr, ycbcr_to_rgb
 from torch import nn
 
-from latentbench.models.base import ReconstructionModel, check_positive
+from latentbench.models.base import ReconstructionModel, check_positive, log_training_values
 from latentbench.models.blocks import activation_layer
 
 ColorSpace = Literal["rgb", "ycbcr", "lab"]
@@ -169,7 +169,7 @@ class Colorizer(ReconstructionModel):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, prediction, _ = self.predict(self.model_input(batch))
         loss = self.training_loss(prediction, batch["image"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(prediction))
+        log_training_values(self, {"train/loss": loss}, len(prediction))
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ from latentbench.checkpoints import read_checkpoint
 from latentbench.errors import ConfigError
 from latentbench.metrics import reconstruction_metrics
 from latentbench.models.ae_kl import AutoencoderKL
-from latentbench.models.base import DEFAULT_OPTIMIZER, check_positive, optimizer_and_scheduler
+from latentbench.models.base import DEFAULT_OPTIMIZER, check_positive, log_training_values, optimizer_and_scheduler
 from latentbench.models.conditioning import ClassConditioning, NoConditioning, TextConditioning, concat_conditions
 
 log = logging.getLogger(__name__)
@@ -420,7 +420,7 @@ class LatentDiffusion(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch, drop_probability=self.hparams.condition_dropout)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        log_training_values(self, {"train/loss": loss}, len(batch["image"]))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,7 +32,7 @@ def environment(device: str) -> dict:
         "torch": torch.__version__,
         "pytorch_lightning": pytorch_lightning.__version__,
         "python": platform.python_version(),
-        "commit": git_commit(),
+        "commit": git_commit() or os.environ.get("LATENTBENCH_COMMIT"),  # no .git on a copied tree
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -44,3 +47,40 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+class Timing:
+    """Wall time of a training run split into its steady stream of steps and the rest.
+
+    ``total`` is the whole call; ``steady`` runs from the end of the first step to the end of the
+    last, i.e. ``steps - 1`` steps with no start-up (W&B init, Lightning setup, first-step
+    allocations) and no wind-down (final checkpoint, W&B finish); ``fixed = total - steady``.
+    """
+
+    def __init__(self) -> None:
+        self.total = self.first_step_end = self.last_step_end = 0.0
+
+    def step_ended(self, sync) -> None:
+        sync()
+        now = time.perf_counter()
+        if not self.first_step_end:
+            self.first_step_end = now
+        self.last_step_end = now
+
+    @property
+    def steady(self) -> float:
+        return self.last_step_end - self.first_step_end
+
+
+class StepClock(pl.Callback):
+    """Feeds the end of every training step to a :class:`Timing`."""
+
+    def __init__(self, timing: Timing, sync) -> None:
+        self.timing, self.sync = timing, sync
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.timing.step_ended(self.sync)
+
+
+def synchronizer(device: str):
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

@@ -33,14 +33,23 @@ from pathlib import Path
 
 import torch
 
-from bench.common import environment, spread, write_result
+from bench.common import StepClock, Timing, environment, spread, synchronizer, write_result
 
-# 16x16 shapes: small enough for a CPU; a factor-2 ae_kl gives 4x8x8 latents
-SHAPES = ["data=shapes", "data.image_size=16", "data.num_train=512", "data.num_val=64", "data.num_test=64"]
+
+def shapes_overrides(image_size: int = 16, num_train: int = 512) -> list[str]:
+    """``data=shapes`` at ``image_size`` (16: small enough for a CPU; the factor-2 ae_kl gives 4x8x8 latents)."""
+    return ["data=shapes", f"data.image_size={image_size}", f"data.num_train={num_train}", "data.num_val=64", "data.num_test=64"]
+
+
 SETUP = ["trainer=cpu", "logger=none", "trainer.max_epochs=-1", "trainer.limit_val_batches=0", "trainer.limit_test_batches=1"]
 AE_KL = ["model=ae_kl", "model.factor=2", "model.channels=[8,16]", "model.layers_per_block=1", "model.norm_num_groups=4"]
-TINY_CLIP = ("{embed_dim:32,vision_cfg:{image_size:16,layers:1,width:32,head_width:16,patch_size:8},"
-             "text_cfg:{context_length:32,width:64,heads:2,layers:2}}")
+
+
+def tiny_clip(image_size: int) -> str:
+    """A tiny open_clip config (2x2 patches of the image) for ``model.model_cfg``; only its text tower is used."""
+    return (f"{{embed_dim:32,vision_cfg:{{image_size:{image_size},layers:1,width:32,head_width:16,patch_size:{image_size // 2}}},"
+            "text_cfg:{context_length:32,width:64,heads:2,layers:2}}")
+
 
 # dense (no sparsity) peak FLOP/s from the vendors' data sheets: {name fragment: {dtype: FLOP/s}}
 PEAK_FLOPS = {
@@ -72,19 +81,20 @@ def peak_flops(device: str, precision: str) -> float | None:
     return None
 
 
-def setup_checkpoints(root: Path, conditioning: str) -> dict[str, str]:
+def setup_checkpoints(root: Path, conditioning: str, image_size: int = 16) -> dict[str, str]:
     """Train the tiny first stage (and CLIP for text) for a few steps; returns their run directories."""
     from hydra.core.global_hydra import GlobalHydra
 
     from latentbench.compose import compose_run_config
     from latentbench.train import train
 
+    shapes = shapes_overrides(image_size)
     runs = {"first_stage": root / "ae_kl"}
-    train(compose_run_config([*SETUP, *SHAPES, *AE_KL, "trainer.max_steps=5", "data.batch_size=32"], runs["first_stage"]))
+    train(compose_run_config([*SETUP, *shapes, *AE_KL, "trainer.max_steps=5", "data.batch_size=32"], runs["first_stage"]))
     GlobalHydra.instance().clear()
     if conditioning == "text":
         runs["clip"] = root / "clip"
-        train(compose_run_config([*SETUP, *SHAPES, "model=clip", f"model.model_cfg={TINY_CLIP}", "trainer.max_steps=3",
+        train(compose_run_config([*SETUP, *shapes, "model=clip", f"model.model_cfg={tiny_clip(image_size)}", "trainer.max_steps=3",
                                   "data.batch_size=32", "~callbacks.embedding_plot"], runs["clip"]))
         GlobalHydra.instance().clear()
     return {key: str(value) for key, value in runs.items()}
@@ -93,11 +103,13 @@ def setup_checkpoints(root: Path, conditioning: str) -> dict[str, str]:
 def ldm_overrides(args, runs: dict[str, str], device: str) -> list[str]:
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     overrides = [
-        "model=ldm", *SHAPES, f"data.batch_size={args.batch_size}", f"model.conditioning={args.conditioning}",
+        "model=ldm", *shapes_overrides(args.image_size, args.num_train), f"data.batch_size={args.batch_size}", f"model.conditioning={args.conditioning}",
         f"model.first_stage.checkpoint={runs['first_stage']}", "model.latent_std_batches=1", "model.sampling.every_n_epochs=0",
         f"trainer.accelerator={accelerator}", "trainer.devices=1", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
         "trainer.limit_val_batches=0",
     ]
+    if args.unet_channels:
+        overrides.append(f"model.unet.block_out_channels=[{args.unet_channels}]")
     if args.precision != "32":  # 32 is the default; Hydra would read the bare 32 as an int
         overrides.append(f"precision={args.precision}")
     if args.conditioning == "text":
@@ -106,8 +118,9 @@ def ldm_overrides(args, runs: dict[str, str], device: str) -> list[str]:
     return overrides
 
 
-def latentbench_seconds(args, runs: dict[str, str]) -> float:
-    """Wall time of ``trainer.fit`` for ``--steps`` steps, built as ``latentbench train`` builds it."""
+def latentbench_seconds(args, runs: dict[str, str]) -> Timing:
+    """Wall time of ``trainer.fit`` for ``--steps`` steps, built as ``latentbench train`` builds it
+    (plus a callback that notes the end of each step)."""
     from hydra.core.global_hydra import GlobalHydra
 
     from latentbench.compose import compose_run_config
@@ -117,21 +130,19 @@ def latentbench_seconds(args, runs: dict[str, str]) -> float:
         cfg = compose_run_config([*ldm_overrides(args, runs, args.device), "logger=wandb", "logger.wandb.mode=offline"], output_dir)
         objects = build_run(cfg)
         trainer, module, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
+        timing, sync = Timing(), synchronizer(args.device)
+        trainer.callbacks.append(StepClock(timing, sync))
+        datamodule.trainer = trainer  # so that setup sees the device
         datamodule.setup("fit")  # data loading is not training time, on either side
-        synchronize(args.device)
+        sync()
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
-        synchronize(args.device)
-        seconds = time.perf_counter() - start
+        sync()
+        timing.total = time.perf_counter() - start
         for logger in objects["loggers"]:
             logger.experiment.finish()
         GlobalHydra.instance().clear()
-    return seconds
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    return timing
 
 
 class PlainLoop:
@@ -215,7 +226,7 @@ class PlainLoop:
         while True:
             yield from self.datamodule.train_dataloader()
 
-    def seconds(self, steps: int) -> float:
+    def seconds(self, steps: int) -> Timing:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         unet = self.unet_factory()
@@ -225,7 +236,8 @@ class PlainLoop:
             ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
         scaler = torch.amp.GradScaler(enabled=self.args.precision == "16-mixed")
         batches = self.batches()
-        synchronize(self.args.device)
+        timing, sync = Timing(), synchronizer(self.args.device)
+        sync()
         start = time.perf_counter()
         with torch.no_grad():
             latent_std = float(self.first_stage.encode_latents(next(batches)["image"].to(self.device)).std())
@@ -237,8 +249,10 @@ class PlainLoop:
             scaler.update()
             if ema is not None:
                 ema.update_parameters(unet)
-        synchronize(self.args.device)
-        return time.perf_counter() - start
+            timing.step_ended(sync)
+        sync()
+        timing.total = time.perf_counter() - start
+        return timing
 
     def step_flops(self) -> int:
         """FLOPs of one training step (first stage encode, text tower, U-Net forward and backward)."""
@@ -260,38 +274,58 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--image-size", type=int, default=16, help="shapes images; latents are 4 x size/2 x size/2")
+    parser.add_argument("--num-train", type=int, default=512, help="training images (an epoch ends every num_train / batch_size steps)")
+    parser.add_argument("--unet-channels", default=None, help="U-Net block_out_channels, e.g. 128,256 (default: conf/model/ldm.yaml's)")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
 
     with tempfile.TemporaryDirectory() as root:
-        runs = setup_checkpoints(Path(root), args.conditioning)
+        runs = setup_checkpoints(Path(root), args.conditioning, args.image_size)
         plain = PlainLoop(args, runs)
+        latent_shape = list(plain.first_stage.latent_shape)
         flops = plain.step_flops()
         plain.seconds(3)  # warm-up: allocator, kernels
-        ours, theirs = [], []
+        our_timings, their_timings = [], []
         for _ in range(args.reps):
-            ours.append(args.steps * args.batch_size / latentbench_seconds(args, runs))
-            theirs.append(args.steps * args.batch_size / plain.seconds(args.steps))
+            our_timings.append(latentbench_seconds(args, runs))
+            their_timings.append(plain.seconds(args.steps))
+    ours = [args.steps * args.batch_size / t.total for t in our_timings]
+    theirs = [args.steps * args.batch_size / t.total for t in their_timings]
+    # from the end of the first step to the end of the last: the per-step cost, without fit start-up
+    ours_steady = [(args.steps - 1) * args.batch_size / t.steady for t in our_timings]
+    theirs_steady = [(args.steps - 1) * args.batch_size / t.steady for t in their_timings]
     ratios = [a / b for a, b in zip(ours, theirs)]
     peak = peak_flops(args.device, args.precision)
     mfu = None
     if peak:
         mfu = {"latentbench": flops / args.batch_size * statistics_median(ours) / peak,
-               "plain_loop": flops / args.batch_size * statistics_median(theirs) / peak}
+               "plain_loop": flops / args.batch_size * statistics_median(theirs) / peak,
+               "latentbench_steady": flops / args.batch_size * statistics_median(ours_steady) / peak,
+               "plain_loop_steady": flops / args.batch_size * statistics_median(theirs_steady) / peak}
     name = f"diffusion-{args.conditioning}-{args.device.split(':')[0]}-{args.precision}"
+    name += "" if args.image_size == 16 else f"-{args.image_size}px"
     result = {
         "benchmark": "diffusion", "conditioning": args.conditioning, "steps": args.steps, "batch_size": args.batch_size,
-        "precision": args.precision, "device_kind": args.device, "latent_shape": [4, 8, 8], "image_shape": [3, 16, 16],
+        "precision": args.precision, "device_kind": args.device, "latent_shape": latent_shape, "image_shape": [3, args.image_size, args.image_size],
+        "unet_block_out_channels": list(plain.model_cfg.unet.block_out_channels), "num_train": args.num_train,
         "latentbench_images_per_s": spread(ours), "plain_loop_images_per_s": spread(theirs),
-        "throughput_ratio": spread(ratios), "flops_per_step": flops, "peak_flops": peak, "mfu_median": mfu,
+        "throughput_ratio": spread(ratios),
+        "latentbench_steady_images_per_s": spread(ours_steady), "plain_loop_steady_images_per_s": spread(theirs_steady),
+        "steady_throughput_ratio": spread([a / b for a, b in zip(ours_steady, theirs_steady)]),
+        "latentbench_fixed_seconds": spread([t.total - t.steady for t in our_timings]),
+        "plain_loop_fixed_seconds": spread([t.total - t.steady for t in their_timings]),
+        "flops_per_step": flops, "peak_flops": peak, "mfu_median": mfu,
         **environment(args.device),
     }
     path = write_result(name, result)
-    r = result["throughput_ratio"]
-    mfu_text = "n/a (no GPU peak)" if mfu is None else f"{mfu['latentbench']:.1%} (plain {mfu['plain_loop']:.1%})"
+    r, s = result["throughput_ratio"], result["steady_throughput_ratio"]
+    mfu_text = "n/a (no GPU peak)" if mfu is None else (
+        f"{mfu['latentbench']:.1%} (plain {mfu['plain_loop']:.1%}; steps only {mfu['latentbench_steady']:.1%} vs "
+        f"{mfu['plain_loop_steady']:.1%})")
     print(f"{name}: latentbench {spread(ours)['median']:.1f} vs plain {spread(theirs)['median']:.1f} images/s, ratio median "
-          f"{r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {args.reps} reps of {args.steps} steps; "
-          f"{flops / 1e9:.2f} GFLOP/step, MFU {mfu_text} -> {path}")
+          f"{r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}), steps only {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f}) "
+          f"over {args.reps} reps of {args.steps} steps; {flops / 1e9:.2f} GFLOP/step, MFU {mfu_text} -> {path}")
 
 
 def statistics_median(values: list[float]) -> float:

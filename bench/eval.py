@@ -66,10 +66,10 @@ def autoencoder_overrides(args, setup: dict[str, str], with_metrics: bool) -> li
 
 def ldm_overrides(args, setup: dict[str, str], with_metrics: bool) -> list[str]:
     """A text-conditioned LDM run on shapes, sample grid every epoch; with metrics: sample FID + CLIP score."""
-    from bench.diffusion import SHAPES
+    from bench.diffusion import shapes_overrides
 
     overrides = [
-        *CPU, *SHAPES, "data.batch_size=32", "model=ldm", "model.conditioning=text",
+        *CPU, *shapes_overrides(), "data.batch_size=32", "model=ldm", "model.conditioning=text",
         f"model.first_stage.checkpoint={setup['first_stage']}", f"model.text_encoder.checkpoint={setup['clip']}",
         "model.latent_std_batches=1", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
     ]
@@ -83,9 +83,9 @@ def prepare(args, root: Path) -> dict[str, str]:
     """Checkpoints the timed runs read (trained here, not timed)."""
     if args.model != "ldm":
         return {"classifier": train_classifier(root)}
-    from bench.diffusion import SHAPES, setup_checkpoints
+    from bench.diffusion import setup_checkpoints, shapes_overrides
 
-    return {**setup_checkpoints(root, "text"), "classifier": train_classifier(root, SHAPES)}
+    return {**setup_checkpoints(root, "text"), "classifier": train_classifier(root, shapes_overrides())}
 
 
 def run_seconds(args, setup: dict[str, str], with_metrics: bool) -> tuple[float, dict]:

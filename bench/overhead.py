@@ -19,49 +19,11 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 
-from bench.common import RESULTS, environment, spread, write_result
+from bench.common import RESULTS, StepClock, Timing, environment, spread, synchronizer, write_result
 
 MNIST = os.environ.get("LATENTBENCH_DATA", "../shared/data") + "/mnist"
-
-
-class Timing:
-    """Wall time of a training run split into its steady stream of steps and the rest.
-
-    ``total`` is the whole call; ``steady`` runs from the end of the first step to the end of the
-    last, i.e. ``steps - 1`` steps with no start-up (W&B init, Lightning setup, first-step
-    allocations) and no wind-down (final checkpoint, W&B finish); ``fixed = total - steady``.
-    """
-
-    def __init__(self) -> None:
-        self.total = self.first_step_end = self.last_step_end = 0.0
-
-    def step_ended(self, sync) -> None:
-        sync()
-        now = time.perf_counter()
-        if not self.first_step_end:
-            self.first_step_end = now
-        self.last_step_end = now
-
-    @property
-    def steady(self) -> float:
-        return self.last_step_end - self.first_step_end
-
-
-class StepClock(pl.Callback):
-    """Feeds the end of every training step to a :class:`Timing`."""
-
-    def __init__(self, timing: Timing, sync) -> None:
-        self.timing, self.sync = timing, sync
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.timing.step_ended(self.sync)
-
-
-def synchronizer(device: str):
-    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
 def profiled(path: Path | None):
@@ -101,7 +63,10 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
         trainer, module, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
         timing = Timing()
         trainer.callbacks.append(StepClock(timing, synchronizer(device)))
-        datamodule.setup("fit")  # data loading is not training time, on either side
+        # data loading is not training time, on either side; the trainer must be attached first, or
+        # setup cannot see the device and data.on_device would leave the splits on the CPU
+        datamodule.trainer = trainer
+        datamodule.setup("fit")
         with profiled(profile):
             start = time.perf_counter()
             trainer.fit(module, datamodule=datamodule)
@@ -113,8 +78,13 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
     return timing
 
 
-def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, profile: Path | None = None) -> Timing:
-    """The same model class, data, optimizer and step count in a hand-written loop."""
+def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, on_device: bool,
+                       profile: Path | None = None) -> Timing:
+    """The same model class, data, optimizer and step count in a hand-written loop.
+
+    With ``on_device`` the uint8 images live on the device and batches are gathered there; without
+    it they stay on the CPU and each float batch is copied over, as latentbench's loader serves them.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
@@ -128,7 +98,7 @@ def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, pro
     GlobalHydra.instance().clear()
     datamodule = MNISTDataModule(root=MNIST)
     datamodule.setup()
-    images = datamodule.splits["train"].images.to(device)
+    images = datamodule.splits["train"].images.to(device if on_device else "cpu")
     network = instantiate(model_cfg, input_shape=[1, 28, 28], _recursive_=False, _convert_="all").to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=model_cfg.optimizer.lr)
     timing, sync = Timing(), synchronizer(device)
@@ -137,7 +107,7 @@ def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, pro
         step = 0
         while step < steps:
             for index in torch.randperm(len(images), device=images.device).split(batch_size):
-                x = images[index].float() / 255
+                x = (images[index].float() / 255).to(device)
                 loss = network.training_loss(network(x), x)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -166,11 +136,11 @@ def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     name = f"overhead-{args.model}-{args.device.split(':')[0]}{'-ondevice' if args.on_device else ''}"
 
-    plain_loop_seconds(args.model, 5, args.batch_size, args.device)  # warm-up: allocator, kernels
+    plain_loop_seconds(args.model, 5, args.batch_size, args.device, args.on_device)  # warm-up: allocator, kernels
     ours, plain = [], []
     for _ in range(args.reps):
         ours.append(latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device))
-        plain.append(plain_loop_seconds(args.model, args.steps, args.batch_size, args.device))
+        plain.append(plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device))
     images = args.steps * args.batch_size
 
     def throughput(timings: list[Timing], steady: bool) -> list[float]:
@@ -192,7 +162,7 @@ def main() -> None:
     }
     if args.profile:
         for side, run in (("latentbench", lambda p: latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p)),
-                          ("plain", lambda p: plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, p))):
+                          ("plain", lambda p: plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p))):
             timing = run(Path(f"{RESULTS}/{name}-profile-{side}.txt"))
             result[f"profiled_{side}_seconds"] = {"total": timing.total, "steady": timing.steady}
     path = write_result(name, result)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU half of the benchmarks, in one go (about 6 minutes on an H100/H200):
+#
+#     bash bench/gpu.sh                 # uses `uv run python`; or PYTHON="python3" bash bench/gpu.sh
+#
+# Each benchmark writes its JSON under bench/results/ and prints its one-line summary; a failing or
+# slow one is cut by its own timeout and the rest still run. With $COLLECT set, the results and the
+# log are packed into $COLLECT/gpu-results.tar.gz after every step, so what finished survives a cut.
+set -u
+PYTHON=${PYTHON:-uv run python}
+LOG=${LOG:-bench/results/gpu.log}
+STARTED=$(date +%s)
+mkdir -p bench/results
+
+collect() {
+    [ -n "${COLLECT:-}" ] || return 0
+    tar -czf "$COLLECT/gpu-results.tar.gz" "$LOG" "$LOG.detail" $(find bench/results -name '*.json' -newer "$LOG.start" 2>/dev/null) \
+        $(find bench/results -name '*profile*.txt' -newer "$LOG.start" 2>/dev/null) 2>/dev/null
+}
+
+step() {  # step SECONDS ARGS...: one benchmark under a timeout, logged
+    local limit=$1; shift
+    echo "== [$(( $(date +%s) - STARTED )) s] $*" | tee -a "$LOG"
+    timeout "$limit" $PYTHON "$@" >"$LOG.step" 2>&1
+    local rc=$?
+    cat "$LOG.step" >>"$LOG.detail"
+    grep -E '^(overhead|diffusion|time to quality|eval)|[0-9]+ (passed|failed)' "$LOG.step" | tail -1 | tee -a "$LOG"
+    [ $rc -eq 0 ] || { echo "   exit $rc; last lines:" | tee -a "$LOG"; tail -5 "$LOG.step" | tee -a "$LOG"; }
+    collect
+}
+
+touch "$LOG.start"; : >"$LOG"; : >"$LOG.detail"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee -a "$LOG"
+
+# harness overhead: Hinton MLP and conv AE, data served from the CPU and held on the GPU
+for model in ae_hinton ae_conv; do
+    step 90 -m bench.overhead --model "$model" --device cuda --steps 500 --reps 3
+    step 90 -m bench.overhead --model "$model" --device cuda --steps 500 --reps 3 --on-device
+done
+# time to 13.87 (PCA-30) with the fastest CPU recipe, data on the GPU
+step 120 -m bench.time_to_quality --device cuda --on-device --batch-size 256 --lr 2e-3 --precision bf16-mixed --max-minutes 1.5
+# LDM training throughput and MFU at a GPU-sized shape: 64 px images -> 4x32x32 latents
+step 120 -m bench.diffusion --conditioning text --device cuda --precision bf16-mixed --batch-size 256 \
+    --image-size 64 --num-train 4096 --unet-channels 128,256 --steps 100 --reps 3
+step 90 -m bench.diffusion --conditioning class --device cuda --precision bf16-mixed --batch-size 256 \
+    --image-size 64 --num-train 4096 --unet-channels 128,256 --steps 100 --reps 3
+# the suite's GPU test (bf16-mixed + compile + data on the GPU)
+step 150 -m pytest -m gpu tests/test_hardware.py -q
+echo "== [$(( $(date +%s) - STARTED )) s] done" | tee -a "$LOG"
+collect

@@ -93,3 +93,26 @@ def test_gpu_bf16_compile_on_device(cfg_factory):
     metrics = train(cfg_factory("trainer=gpu", "precision=bf16-mixed", "compile.enabled=true", "data.on_device=true",
                                 "model=ae_conv", "trainer.max_epochs=1"))
     assert torch.isfinite(torch.tensor(metrics["test/mse"]))
+
+
+
+@pytest.mark.parametrize("loss", ["bce", "mse", "l1"])
+def test_reconstruction_loss_runs_in_float32_with_autocast_off(loss, monkeypatch):
+    """bf16-mixed with the Hinton AE's bce: CUDA autocast refuses binary_cross_entropy on probabilities
+    (seen on an H200), so the loss runs with autocast off, on float32 inputs, and equals the fp32 loss."""
+    from latentbench.models.blocks import reconstruction_loss
+
+    generator = torch.Generator().manual_seed(0)
+    reconstruction, target = torch.rand(8, 784, generator=generator), torch.rand(8, 784, generator=generator)
+    expected = reconstruction_loss(loss, reconstruction, target)
+    calls = []
+    for name in ("binary_cross_entropy", "mse_loss", "l1_loss"):
+        def recording(x, *args, _original=getattr(torch.nn.functional, name), **kwargs):
+            calls.append((torch.is_autocast_enabled("cpu"), x.dtype))
+            return _original(x, *args, **kwargs)
+        monkeypatch.setattr(torch.nn.functional, name, recording)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = reconstruction_loss(loss, reconstruction.bfloat16(), target)
+    assert calls == [(False, torch.float32)]
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(expected.item(), rel=1e-2)

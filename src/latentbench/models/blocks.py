@@ -60,9 +60,15 @@ def conv_up(in_channels: int, out_channels: int, size: tuple[int, int], activati
 
 
 def reconstruction_loss(name: str, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean per-element loss: ``mse``, ``l1`` or ``bce`` (bce expects reconstructions in [0, 1])."""
-    if name == "mse":
-        return nn.functional.mse_loss(reconstruction, target)
-    if name == "l1":
-        return nn.functional.l1_loss(reconstruction, target)
-    return nn.functional.binary_cross_entropy(reconstruction.clamp(1e-6, 1 - 1e-6), target)
+    """Mean per-element loss, a float32 scalar: ``mse``, ``l1`` or ``bce`` (bce expects reconstructions in [0, 1]).
+
+    Computed in float32 with autocast off: CUDA autocast refuses ``binary_cross_entropy`` on
+    probabilities, and a bf16 sum over 784 pixels would round the loss anyway.
+    """
+    reconstruction, target = reconstruction.float(), target.float()
+    with torch.autocast(reconstruction.device.type, enabled=False):
+        if name == "mse":
+            return nn.functional.mse_loss(reconstruction, target)
+        if name == "l1":
+            return nn.functional.l1_loss(reconstruction, target)
+        return nn.functional.binary_cross_entropy(reconstruction.clamp(1e-6, 1 - 1e-6), target)

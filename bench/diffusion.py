@@ -108,6 +108,7 @@ def ldm_overrides(args, runs: dict[str, str], device: str) -> list[str]:
         f"trainer.accelerator={accelerator}", "trainer.devices=1", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
         "trainer.limit_val_batches=0",
     ]
+    overrides += args.override
     if args.unet_channels:
         overrides.append(f"model.unet.block_out_channels=[{args.unet_channels}]")
     if args.precision != "32":  # 32 is the default; Hydra would read the bare 32 as an int
@@ -276,6 +277,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--image-size", type=int, default=16, help="shapes images; latents are 4 x size/2 x size/2")
     parser.add_argument("--num-train", type=int, default=512, help="training images (an epoch ends every num_train / batch_size steps)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra Hydra override of the ldm run (model keys reach the plain loop too)")
+    parser.add_argument("--name", default=None, help="result file name (default: diffusion-<conditioning>-<device>-<precision>[-<size>px])")
     parser.add_argument("--unet-channels", default=None, help="U-Net block_out_channels, e.g. 128,256 (default: conf/model/ldm.yaml's)")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -303,12 +307,12 @@ def main() -> None:
                "plain_loop": flops / args.batch_size * statistics_median(theirs) / peak,
                "latentbench_steady": flops / args.batch_size * statistics_median(ours_steady) / peak,
                "plain_loop_steady": flops / args.batch_size * statistics_median(theirs_steady) / peak}
-    name = f"diffusion-{args.conditioning}-{args.device.split(':')[0]}-{args.precision}"
-    name += "" if args.image_size == 16 else f"-{args.image_size}px"
+    name = args.name or (f"diffusion-{args.conditioning}-{args.device.split(':')[0]}-{args.precision}"
+                         + ("" if args.image_size == 16 else f"-{args.image_size}px"))
     result = {
         "benchmark": "diffusion", "conditioning": args.conditioning, "steps": args.steps, "batch_size": args.batch_size,
         "precision": args.precision, "device_kind": args.device, "latent_shape": latent_shape, "image_shape": [3, args.image_size, args.image_size],
-        "unet_block_out_channels": list(plain.model_cfg.unet.block_out_channels), "num_train": args.num_train,
+        "unet_block_out_channels": list(plain.model_cfg.unet.block_out_channels), "num_train": args.num_train, "overrides": args.override,
         "latentbench_images_per_s": spread(ours), "plain_loop_images_per_s": spread(theirs),
         "throughput_ratio": spread(ratios),
         "latentbench_steady_images_per_s": spread(ours_steady), "plain_loop_steady_images_per_s": spread(theirs_steady),

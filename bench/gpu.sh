@@ -2,6 +2,10 @@
 # The GPU half of the benchmarks, in one go (about 6 minutes on an H100/H200):
 #
 #     bash bench/gpu.sh                 # uses `uv run python`; or PYTHON="python3" bash bench/gpu.sh
+#     bash bench/gpu.sh time_to_quality checkpoint_ab     # only these sections
+#
+# Sections: overhead, time_to_quality, diffusion, test (the default set) and checkpoint_ab (the
+# measurement behind callbacks.periodic_checkpoint's default: by time, not every 100 steps).
 #
 # Each benchmark writes its JSON under bench/results/ and prints its one-line summary; a failing or
 # slow one is cut by its own timeout and the rest still run. With $COLLECT set, the results and the
@@ -29,22 +33,42 @@ step() {  # step SECONDS ARGS...: one benchmark under a timeout, logged
     collect
 }
 
+SECTIONS=${*:-overhead time_to_quality diffusion test}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
 touch "$LOG.start"; : >"$LOG"; : >"$LOG.detail"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee -a "$LOG"
 
 # harness overhead: Hinton MLP and conv AE, data served from the CPU and held on the GPU
-for model in ae_hinton ae_conv; do
-    step 90 -m bench.overhead --model "$model" --device cuda --steps 500 --reps 3
-    step 90 -m bench.overhead --model "$model" --device cuda --steps 500 --reps 3 --on-device
-done
+if want overhead; then
+    for model in ae_hinton ae_conv; do
+        step 90 -m bench.overhead --model "$model" --device cuda --steps 500 --reps 3
+        step 90 -m bench.overhead --model "$model" --device cuda --steps 500 --reps 3 --on-device
+    done
+fi
 # time to 13.87 (PCA-30) with the fastest CPU recipe, data on the GPU
-step 120 -m bench.time_to_quality --device cuda --on-device --batch-size 256 --lr 2e-3 --precision bf16-mixed --max-minutes 1.5
+if want time_to_quality; then
+    step 120 -m bench.time_to_quality --device cuda --on-device --batch-size 256 --lr 2e-3 --precision bf16-mixed --max-minutes 1
+fi
 # LDM training throughput and MFU at a GPU-sized shape: 64 px images -> 4x32x32 latents
-step 120 -m bench.diffusion --conditioning text --device cuda --precision bf16-mixed --batch-size 256 \
-    --image-size 64 --num-train 4096 --unet-channels 128,256 --steps 100 --reps 3
-step 90 -m bench.diffusion --conditioning class --device cuda --precision bf16-mixed --batch-size 256 \
-    --image-size 64 --num-train 4096 --unet-channels 128,256 --steps 100 --reps 3
+LDM64=(--device cuda --precision bf16-mixed --batch-size 256 --image-size 64 --num-train 16384 --unet-channels 128,256 --steps 100)
+if want diffusion; then
+    step 150 -m bench.diffusion --conditioning text "${LDM64[@]}" --reps 3
+    step 120 -m bench.diffusion --conditioning class "${LDM64[@]}" --reps 3
+fi
 # the suite's GPU test (bf16-mixed + compile + data on the GPU)
-step 150 -m pytest -m gpu tests/test_hardware.py -q
+if want test; then
+    step 150 -m pytest -m gpu tests/test_hardware.py -q
+fi
+# last.ckpt by time (the default) against every 100 steps (the default before)
+if want checkpoint_ab; then
+    EVERY100=callbacks.periodic_checkpoint.every_n_steps=100
+    step 60 -m bench.overhead --model ae_hinton --device cuda --steps 500 --reps 3 --on-device --profile
+    step 60 -m bench.overhead --model ae_hinton --device cuda --steps 500 --reps 3 --on-device \
+        --override $EVERY100 --name overhead-ae_hinton-cuda-ondevice-ckpt100
+    step 90 -m bench.diffusion --conditioning class "${LDM64[@]}" --reps 2
+    step 90 -m bench.diffusion --conditioning class "${LDM64[@]}" --reps 2 \
+        --override $EVERY100 --name diffusion-class-cuda-bf16-mixed-64px-ckpt100
+fi
 echo "== [$(( $(date +%s) - STARTED )) s] done" | tee -a "$LOG"
 collect

@@ -43,7 +43,8 @@ def profiled(path: Path | None):
     return Profile(activities=activities)
 
 
-def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on_device: bool, profile: Path | None = None) -> Timing:
+def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on_device: bool, profile: Path | None = None,
+                        overrides: tuple[str, ...] = ()) -> Timing:
     """Wall time of ``trainer.fit`` for ``steps`` steps, built exactly as ``latentbench train`` builds it
     (plus a callback that notes the end of each step)."""
     from hydra.core.global_hydra import GlobalHydra
@@ -57,7 +58,7 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
             f"model={model}", "data=mnist", f"data.root={MNIST}", f"data.batch_size={batch_size}",
             f"data.on_device={str(on_device).lower()}", f"trainer.accelerator={accelerator}",
             f"trainer.max_steps={steps}", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
-            "logger=wandb", "logger.wandb.mode=offline",
+            "logger=wandb", "logger.wandb.mode=offline", *overrides,
         ], output_dir)
         objects = build_run(cfg)
         trainer, module, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
@@ -132,14 +133,19 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="after the timed repetitions, run each side once more under the PyTorch profiler and "
                              "write its op table to bench/results/<name>-profile-{latentbench,plain}.txt")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra Hydra override for the latentbench side (callbacks, logger, trainer; not the "
+                             "model, which the plain loop would not see), e.g. callbacks.periodic_checkpoint.every_n_steps=100")
+    parser.add_argument("--name", default=None, help="result file name (default: overhead-<model>-<device>[-ondevice])")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
-    name = f"overhead-{args.model}-{args.device.split(':')[0]}{'-ondevice' if args.on_device else ''}"
+    name = args.name or f"overhead-{args.model}-{args.device.split(':')[0]}{'-ondevice' if args.on_device else ''}"
+    overrides = tuple(args.override)
 
     plain_loop_seconds(args.model, 5, args.batch_size, args.device, args.on_device)  # warm-up: allocator, kernels
     ours, plain = [], []
     for _ in range(args.reps):
-        ours.append(latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device))
+        ours.append(latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, overrides=overrides))
         plain.append(plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device))
     images = args.steps * args.batch_size
 
@@ -148,7 +154,7 @@ def main() -> None:
 
     result = {
         "benchmark": "overhead", "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
-        "device_kind": args.device, "on_device": args.on_device,
+        "device_kind": args.device, "on_device": args.on_device, "overrides": list(overrides),
         "latentbench_images_per_s": spread(throughput(ours, False)), "plain_loop_images_per_s": spread(throughput(plain, False)),
         "throughput_ratio": spread([a / b for a, b in zip(throughput(ours, False), throughput(plain, False))]),
         # the same from the end of the first step to the end of the last: per-step cost only
@@ -161,7 +167,8 @@ def main() -> None:
         **environment(args.device),
     }
     if args.profile:
-        for side, run in (("latentbench", lambda p: latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p)),
+        for side, run in (("latentbench", lambda p: latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p,
+                                                                     overrides)),
                           ("plain", lambda p: plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p))):
             timing = run(Path(f"{RESULTS}/{name}-profile-{side}.txt"))
             result[f"profiled_{side}_seconds"] = {"total": timing.total, "steady": timing.steady}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -103,6 +104,24 @@ def test_nan_loss_stops_the_run_and_records_why(cfg_factory, tmp_path, capsys):
     assert checkpoint["global_step"] == 5
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
 
+
+def test_nan_loss_read_back_lazily_still_stops_before_any_checkpoint_of_it(tmp_path, capsys, monkeypatch):
+    """On a GPU the loss is read back every log_every_n_steps steps and before each checkpoint, not
+    every step (defer=True, forced here on the CPU): the error names the first bad step, and the
+    periodic checkpoint due after it is not written."""
+    import latentbench.train as train_module
+    from latentbench.callbacks import StopOnNonFiniteLoss
+
+    monkeypatch.setattr(train_module, "StopOnNonFiniteLoss", functools.partial(StopOnNonFiniteLoss, defer=True))
+    code = main(["train", "model=ae", "trainer=cpu", "logger=none", "trainer.max_epochs=2", "trainer.log_every_n_steps=10",
+                 "callbacks.periodic_checkpoint.every_n_steps=5", f"hydra.run.dir={tmp_path}",
+                 "+callbacks.poison._target_=tests.helpers.PoisonLossAtStep", "+callbacks.poison.step=12"])
+    assert code == 1
+    assert "error: training failed: NonFiniteLossError: train/loss became nan at step 13 (epoch 0, batch 12)" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+    assert checkpoint["global_step"] == 10  # step 15's save found the bad step 13 and was not written
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
 
 def test_checkpoints_load_with_weights_only(cfg_factory):
     metrics = train(cfg_factory("model=pca", "model.n_components=8"))

@@ -267,12 +267,60 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopOnNonFiniteLoss(pl.Callback):
-    """Stops training at the first NaN/inf training loss, before any checkpoint of the bad state."""
+    """Stops training at a NaN/inf training loss, before any checkpoint of the bad state.
+
+    On the CPU each step's loss is checked at once. On a GPU, reading the loss back waits for the
+    step to finish, which would stall the queue of launched work every step; there (``defer``) a
+    tensor on the device records the first bad step and its loss, and is read every
+    ``trainer.log_every_n_steps`` steps (when Lightning reads logged values anyway), before every
+    checkpoint is written and at the end of training. The error names the first bad step either way.
+    """
+
+    def __init__(self, defer: bool | None = None):
+        self.defer = defer  # None: defer on accelerators, check at once on the CPU
+        self._first_bad: torch.Tensor | None = None  # float64 [step, loss] of the first bad loss; step -1: none
+        self._where: dict[int, tuple[int, int]] = {}  # step -> (epoch, batch) since the last check
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
-            raise NonFiniteLossError(f"train/loss became {loss.item()} at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})")
+        if not isinstance(loss, torch.Tensor):
+            return
+        loss, step = loss.detach(), trainer.global_step
+        if not (loss.device.type != "cpu" if self.defer is None else self.defer):
+            if not torch.isfinite(loss).all():
+                raise self._error(loss.double().mean().item(), step, trainer.current_epoch, batch_idx)
+            return
+        self._record(loss, step)
+        self._where[step] = (trainer.current_epoch, batch_idx)
+        if step % max(trainer.log_every_n_steps, 1) == 0:
+            self.check()
+
+    def _record(self, loss: torch.Tensor, step: int) -> None:
+        """Keep ``[step, loss]`` on the device if this is the first non-finite loss; launches only, no sync."""
+        if self._first_bad is None:
+            self._first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=loss.device)
+        first = ~torch.isfinite(loss).all() & (self._first_bad[0] < 0)
+        stamp = torch.stack((loss.new_full((), step, dtype=torch.float64), loss.double().mean()))
+        self._first_bad = torch.where(first, stamp, self._first_bad)
+
+    def check(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a recorded loss was non-finite (reads the device once)."""
+        if self._first_bad is None:
+            return
+        step, value = self._first_bad.tolist()
+        if step >= 0:
+            raise self._error(value, int(step), *self._where.get(int(step), ("?", "?")))
+        self._where.clear()
+
+    @staticmethod
+    def _error(value: float, step: int, epoch, batch) -> NonFiniteLossError:
+        return NonFiniteLossError(f"train/loss became {value} at step {step} (epoch {epoch}, batch {batch})")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self.check()  # raising here stops Lightning before it writes the file
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check()
 
 
 class RngStateCheckpoint(pl.Callback):

@@ -57,7 +57,10 @@ class ClassConditioning(nn.Module):
         """``{"class_labels": (B,) int64}``, each replaced by the null class with ``drop_probability``."""
         labels = batch["label"].long()
         if drop_probability > 0:
-            drop = torch.rand(len(labels), generator=generator, device="cpu").to(labels.device) < drop_probability
+            # with a (CPU) generator: the same draws on any device; without: on the device, no copy to wait for
+            draws = (torch.rand(len(labels), generator=generator).to(labels.device) if generator is not None
+                     else torch.rand(len(labels), device=labels.device))
+            drop = draws < drop_probability
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return {"class_labels": labels}
 

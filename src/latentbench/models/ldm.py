@@ -408,10 +408,13 @@ class LatentDiffusion(pl.LightningModule):
         """Mean squared error of the U-Net's prediction (noise or v) at uniformly drawn timesteps."""
         latents = self.to_latents(batch["image"])
         shape, device = latents.shape, latents.device
-        noise = torch.randn(shape, generator=generator, device="cpu").to(device) if generator else torch.randn_like(latents)
         steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = (torch.randint(0, steps, (shape[0],), generator=generator, device="cpu") if generator
-                     else torch.randint(0, steps, (shape[0],))).to(device)
+        if generator is not None:  # evaluation: fixed draws from a CPU generator, the same on any device
+            noise = torch.randn(shape, generator=generator, device="cpu").to(device)
+            timesteps = torch.randint(0, steps, (shape[0],), generator=generator, device="cpu").to(device)
+        else:  # training: drawn on the device (a copy from the CPU would wait for the GPU every step)
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, steps, (shape[0],), device=device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         condition = self.conditioner.from_batch(batch, drop_probability, generator)
         prediction = self.unet(noisy, timesteps, **condition).sample

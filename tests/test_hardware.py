@@ -116,3 +116,36 @@ def test_reconstruction_loss_runs_in_float32_with_autocast_off(loss, monkeypatch
     assert calls == [(False, torch.float32)]
     assert value.dtype == torch.float32
     assert value.item() == pytest.approx(expected.item(), rel=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_per_step_host_work_does_not_wait_for_the_gpu():
+    """Batch indices, tokens and the non-finite-loss record reach the GPU without a stream sync
+    (a sync every step takes away the CPU/GPU overlap: the harness's extra time per LDM step on an H200)."""
+    from latentbench.callbacks import StopOnNonFiniteLoss
+    from latentbench.data.base import TensorSplit
+    from latentbench.devices import to_device_without_sync
+
+    split = TensorSplit(torch.randint(0, 255, (64, 1, 8, 8), dtype=torch.uint8, device="cuda"),
+                        torch.arange(64, device="cuda"), 255.0, flatten=False)
+    guard = StopOnNonFiniteLoss()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        copied = to_device_without_sync(torch.arange(5), "cuda")
+        batch = split[[3, 1, 4, 1, 5]]
+        guard._record(batch["image"].mean(), step=1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert copied.tolist() == [0, 1, 2, 3, 4]
+    assert batch["label"].tolist() == [3, 1, 4, 1, 5]
+    guard.check()  # finite: no error
+
+
+def test_to_device_without_sync_on_the_cpu_is_a_plain_copy():
+    from latentbench.devices import to_device_without_sync
+
+    values = torch.arange(6).reshape(2, 3)
+    moved = to_device_without_sync(values, "cpu")
+    assert moved.device.type == "cpu" and torch.equal(moved, values)

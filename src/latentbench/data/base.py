@@ -25,6 +25,7 @@ from datasets.table import InMemoryTable
 from torch.utils.data import DataLoader, Sampler
 
 from latentbench.corruptions import Corruption, corrupt_images, evaluation_seed
+from latentbench.devices import to_device_without_sync
 from latentbench.errors import ConfigError
 
 
@@ -96,7 +97,7 @@ class TensorSplit(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        index = torch.as_tensor(indices, device=self.images.device)
+        index = to_device_without_sync(torch.as_tensor(indices), self.images.device)
         image = self.images[index].float().div_(self.pixel_scale)
         if self.augment is not None:
             image = self.augment(image)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentbench.devices import to_device_without_sync
+
 
 def concat_conditions(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Stack two U-Net keyword-argument dicts along the batch (for one guided forward pass)."""
@@ -110,7 +112,7 @@ class TextConditioning(nn.Module):
     @torch.no_grad()
     def encode(self, captions: list[str], device: torch.device) -> torch.Tensor:
         """``list[str]`` of length B -> per-token hidden states ``(B, T, D)`` after ``ln_final``."""
-        tokens = self.tokenizer(list(captions)).to(device)
+        tokens = to_device_without_sync(self.tokenizer(list(captions)), device)
         x = self.token_embedding(tokens) + self.positional_embedding
         x = self.transformer(x, attn_mask=self.attn_mask)
         return self.ln_final(x)

@@ -1,0 +1,19 @@
+"""Moving small host tensors to an accelerator without waiting for the work queued on it."""
+
+from __future__ import annotations
+
+import torch
+
+
+def to_device_without_sync(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor.to(device)`` for a CPU tensor, without making the host wait for queued GPU work.
+
+    A plain copy from pageable host memory to a CUDA device blocks the host until every kernel
+    already queued has finished, which in a per-step path (batch indices, tokens) takes away the
+    CPU/GPU overlap. Staged in pinned memory, the copy is queued like a kernel; PyTorch's caching
+    host allocator keeps the pinned buffer alive until the copy is done. Other devices: ``.to``.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

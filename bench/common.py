@@ -32,7 +32,8 @@ def environment(device: str) -> dict:
         "torch": torch.__version__,
         "pytorch_lightning": pytorch_lightning.__version__,
         "python": platform.python_version(),
-        "commit": git_commit() or os.environ.get("LATENTBENCH_COMMIT"),  # no .git on a copied tree
+        # LATENTBENCH_COMMIT first: a copied tree (a lent GPU machine) may carry a stale .git
+        "commit": os.environ.get("LATENTBENCH_COMMIT") or git_commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

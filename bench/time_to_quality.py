@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> dict:
             *lr_schedule_overrides(args.schedule, args.max_epochs),
             *(["model.optimizer._target_=torch.optim.AdamW", f"+model.optimizer.weight_decay={args.weight_decay}"]
               if args.weight_decay else []),
+            *([f"model.dropout={args.dropout}"] if args.dropout else []),
         ]
         cfg = compose_run_config(overrides, Path(output_dir))
         start = time.perf_counter()
@@ -124,6 +125,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0,
                         help="> 0: AdamW with this decoupled weight decay instead of Adam (the deep AE overfits: "
                              "train 2.4 vs test 4.2 after 150 epochs of plain Adam)")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="model.dropout: dropout after each hidden activation (a regulariser against the overfitting)")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cpu")
@@ -137,6 +140,7 @@ def main() -> None:
     name = f"time_to_quality-{args.device.split(':')[0]}-bs{args.batch_size}-{args.precision}{'-compile' if args.compile else ''}"
     name += "" if args.schedule == "constant" else f"-{args.schedule}{args.max_epochs}"
     name += f"-wd{args.weight_decay:g}" if args.weight_decay else ""
+    name += f"-dropout{args.dropout:g}" if args.dropout else ""
     path = write_result(name, result)
     reached = ", ".join(f"< {t}: {f'{s} s' if s is not None else 'not reached'}" for t, s in result["seconds_to_target"].items())
     print(f"time to quality ({result['device']}, batch {args.batch_size}, {args.precision}): {reached}; "

@@ -27,6 +27,7 @@ CASES = {
     "bad literal": (["model.loss=huber"], "model.loss: expected one of 'mse', 'bce', 'l1', got 'huber' (str)"),
     "bce without sigmoid": (["model.loss=bce", "model.output_activation=none"], "model.loss: 'bce' needs output_activation 'sigmoid'"),
     "unknown activation": (["model.activation=Foo"], "model.activation: 'Foo' is not a torch.nn activation"),
+    "dropout out of range": (["model.dropout=1.5"], "model.dropout: must be in [0, 1), got 1.5"),
     "conv AE on flat data": (["model=ae_conv", "data.flatten=true"], "model.input_shape: a conv autoencoder needs (C, H, W) images"),
     "missing data folder": (["data=mnist", "data.root=/nonexistent/mnist"], "data.root: /nonexistent/mnist does not exist or is not a folder"),
     "grey input for an RGB autoencoder": (["model=ae_conv", "data=shapes", "corruption=grayscale"],

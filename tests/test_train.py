@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -165,3 +166,21 @@ def test_training_values_are_logged_only_on_the_steps_lightning_writes(cfg_facto
     # the same numbers as when every step is logged: skipping the other steps changes nothing written
     assert every_fifth == pytest.approx({step: every_step[step] for step in every_fifth}, rel=1e-6)
     assert [step for name, step in calls if name == "train/loss"] == [4, 9, 14, 19]
+
+
+def test_ae_dropout_regularises_in_training_only(cfg_factory):
+    """model.dropout puts nn.Dropout after each hidden activation: training passes differ, evaluation
+    passes are deterministic, and a net without dropout keeps its layer indices (old checkpoints load)."""
+    from latentbench.models.ae import AutoEncoder
+
+    plain = AutoEncoder(input_shape=[1, 8, 8], hidden=[32, 16], latent_dim=4)
+    dropped = AutoEncoder(input_shape=[1, 8, 8], hidden=[32, 16], latent_dim=4, dropout=0.5)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    assert [type(m).__name__ for m in dropped.encoder] == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    x = torch.rand(16, 1, 8, 8)
+    dropped.train()
+    assert not torch.equal(dropped(x), dropped(x))
+    dropped.eval()
+    assert torch.equal(dropped(x), dropped(x))
+    metrics = train(cfg_factory("model.dropout=0.2", "trainer.fast_dev_run=true"))
+    assert math.isfinite(metrics["test/mse"])

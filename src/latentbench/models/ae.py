@@ -21,6 +21,8 @@ class AutoEncoder(ReconstructionModel):
         activation (`str`): a ``torch.nn`` activation class name used between layers.
         output_activation (`str`): ``sigmoid`` (pixels in [0, 1]) or ``none``.
         loss (`str`): ``mse``, ``bce`` (needs ``output_activation: sigmoid``) or ``l1``.
+        dropout (`float`): dropout after every hidden activation of encoder and decoder (0: none), a
+            regulariser against the deep AE's overfitting (train 2.4 vs test 4.2 squared error per image).
         input_shape, optimizer, scheduler: see :class:`ReconstructionModel`.
 
     Shapes: ``encode: (B, *input_shape) -> (B, latent_dim)``; ``decode: (B, latent_dim) -> (B, *input_shape)``.
@@ -34,6 +36,7 @@ class AutoEncoder(ReconstructionModel):
         activation: str = "ReLU",
         output_activation: OutputActivation = "sigmoid",
         loss: Loss = "mse",
+        dropout: float = 0.0,
         **kwargs,
     ):
         super().__init__(input_shape, **kwargs)
@@ -42,8 +45,8 @@ class AutoEncoder(ReconstructionModel):
         check_code_and_loss(latent_dim, self.input_dim, loss, output_activation)
         self.loss_name = loss
         sizes = [self.input_dim, *hidden, latent_dim]
-        self.encoder = mlp(sizes, activation)
-        self.decoder = mlp(sizes[::-1], activation, last=output_layer(output_activation))
+        self.encoder = mlp(sizes, activation, dropout=dropout)
+        self.decoder = mlp(sizes[::-1], activation, last=output_layer(output_activation), dropout=dropout)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x.flatten(1))

@@ -25,16 +25,22 @@ def output_layer(name: OutputActivation) -> nn.Module:
     return nn.Sigmoid() if name == "sigmoid" else nn.Identity()
 
 
-def mlp(sizes: list[int], activation: str, last: nn.Module | None = None) -> nn.Sequential:
+def mlp(sizes: list[int], activation: str, last: nn.Module | None = None, dropout: float = 0.0) -> nn.Sequential:
     """Linear layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``, ``activation`` between them.
 
-    The last linear layer is followed by ``last`` (linear output when None).
+    The last linear layer is followed by ``last`` (linear output when None). With ``dropout > 0``
+    each hidden activation is followed by ``nn.Dropout(dropout)`` (none is added at 0, so the layer
+    indices, and checkpoints, of a net without dropout stay as they were).
     """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout: must be in [0, 1), got {dropout}")
     layers: list[nn.Module] = []
     for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(fan_in, fan_out))
         if index < len(sizes) - 2:
             layers.append(activation_layer(activation))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
     if last is not None:
         layers.append(last)
     return nn.Sequential(*layers)

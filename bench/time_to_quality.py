@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> dict:
             *(["model.optimizer._target_=torch.optim.AdamW", f"+model.optimizer.weight_decay={args.weight_decay}"]
               if args.weight_decay else []),
             *([f"model.dropout={args.dropout}"] if args.dropout else []),
+            *args.override,
         ]
         cfg = compose_run_config(overrides, Path(output_dir))
         start = time.perf_counter()
@@ -127,6 +128,10 @@ def main() -> None:
                              "train 2.4 vs test 4.2 after 150 epochs of plain Adam)")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="model.dropout: dropout after each hidden activation (a regulariser against the overfitting)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra Hydra override of the run, e.g. corruption=gaussian corruption.sigma=0.1 "
+                             "data.corrupt_splits=[train] (input noise as a regulariser)")
+    parser.add_argument("--name", default=None, help="result file name (default: from the recipe)")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cpu")
@@ -141,7 +146,7 @@ def main() -> None:
     name += "" if args.schedule == "constant" else f"-{args.schedule}{args.max_epochs}"
     name += f"-wd{args.weight_decay:g}" if args.weight_decay else ""
     name += f"-dropout{args.dropout:g}" if args.dropout else ""
-    path = write_result(name, result)
+    path = write_result(args.name or name, result)
     reached = ", ".join(f"< {t}: {f'{s} s' if s is not None else 'not reached'}" for t, s in result["seconds_to_target"].items())
     print(f"time to quality ({result['device']}, batch {args.batch_size}, {args.precision}): {reached}; "
           f"test recon_sse {result['test_recon_sse']:.3f} after {result['epochs']} epochs -> {path}")

@@ -213,3 +213,16 @@ def test_vincent2010_experiment_runs(cfg_factory):
     metrics = train(cfg_factory("experiment=vincent2010_masking", "corruption.fraction=0.4", "trainer.fast_dev_run=true",
                                 "data.limit=256", "data.val_size=64", f"data.root={MNIST_ROOT}"))
     assert metrics["status"] == "finished" and np.isfinite(metrics["test/mse"])
+
+
+def test_corrupt_splits_train_only_evaluates_clean_reconstruction(cfg_factory):
+    """data.corrupt_splits=[train]: noisy inputs in training (a regulariser), clean val/test inputs,
+    so val/test metrics measure plain reconstruction; a bad split name is one line."""
+    module = DigitsDataModule(batch_size=16, corruption=GaussianNoise(sigma=0.2), corrupt_splits=["train"])
+    module.setup()
+    assert "input" in first_batch(module.train_dataloader())
+    assert "input" not in first_batch(module.val_dataloader()) and "input" not in first_batch(module.test_dataloader())
+    metrics = train(cfg_factory("corruption=gaussian", "data.corrupt_splits=[train]", "trainer.fast_dev_run=true"))
+    assert np.isfinite(metrics["test/mse"])
+    with pytest.raises(ValueError, match=r"corrupt_splits: expected a list of 'train', 'val', 'test', got \['training'\]"):
+        DigitsDataModule(corrupt_splits=["training"])

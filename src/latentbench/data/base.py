@@ -188,6 +188,9 @@ class ImageDataModule(pl.LightningDataModule):
         corruption (`Corruption`, *optional*): corrupts the model input (``batch["input"]``) while
             ``batch["image"]`` stays clean; passed in by ``latentbench train`` from the
             ``corruption`` config group. Training draws fresh noise, val/test the same noise every run.
+        corrupt_splits (`list[str]`): the splits whose inputs ``corruption`` corrupts (default all);
+            ``[train]`` trains on corrupted inputs and evaluates clean reconstruction (input noise
+            as a regulariser rather than a denoising task).
         pad_to (`int`, *optional*): zero-pad every image, centred, to ``pad_to x pad_to`` (MNIST
             28x28 -> 32x32, as in LeNet and DDPM's MNIST setups, so that factors up to 8 divide it).
             Applied once when the split tensors are built (no per-step cost); ``image_shape`` and
@@ -209,6 +212,7 @@ class ImageDataModule(pl.LightningDataModule):
         on_device: bool = False,
         corruption: Corruption | None = None,
         pad_to: int | None = None,
+        corrupt_splits: list[str] | tuple[str, ...] = ("train", "val", "test"),
     ):
         super().__init__()
         if on_device and num_workers > 0:
@@ -227,7 +231,10 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_size, self.split_seed, self.flatten, self.on_device = val_size, split_seed, flatten, on_device
         if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to <= 0):
             raise ValueError(f"pad_to: must be a positive image side (e.g. 32) or null, got {pad_to!r}")
-        self.corruption, self.pad_to = corruption, pad_to
+        unknown = [name for name in corrupt_splits if name not in ("train", "val", "test")]
+        if unknown or isinstance(corrupt_splits, str):
+            raise ValueError(f"corrupt_splits: expected a list of 'train', 'val', 'test', got {corrupt_splits!r}")
+        self.corruption, self.pad_to, self.corrupt_splits = corruption, pad_to, tuple(corrupt_splits)
         self.splits: dict[str, TensorSplit] = {}
 
     def padded_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -295,7 +302,7 @@ class ImageDataModule(pl.LightningDataModule):
             if self.limit is not None:
                 split = split.select(range(min(self.limit, len(split))))
             self.splits[name] = self._to_tensors(split)
-            self.splits[name].corruption = self.corruption
+            self.splits[name].corruption = self.corruption if name in self.corrupt_splits else None
             self.splits[name].corruption_seed = evaluation_seed(name)
         self.splits["train"].augment = self.train_augmentation()
 

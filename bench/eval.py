@@ -4,6 +4,7 @@ share of a training run's wall time.
     uv run python -m bench.eval --steps 100 --reps 2
     uv run python -m bench.eval --model ae_conv --every-n-val-epochs 1
     uv run python -m bench.eval --model ldm --steps 64 --reps 2
+    uv run python -m bench.eval --model ldm --device cuda      # timed runs on the GPU (setup stays on the CPU)
 
 Setup (not timed): a small ``model=classifier`` trained for a few steps on MNIST, the ``domain``
 feature extractor of FID. Then, alternated for ``--reps`` repetitions, the same ``latentbench
@@ -33,11 +34,16 @@ from pathlib import Path
 
 import torch
 
-from bench.common import environment, spread, write_result
+from bench.common import environment, spread, synchronizer, write_result
 
 MNIST = os.environ.get("LATENTBENCH_DATA", "../shared/data") + "/mnist"
 DATA = ["data=mnist", f"data.root={MNIST}", "data.limit=4096", "data.val_size=1000"]
 CPU = ["trainer=cpu", "logger=none"]
+
+
+def timed_trainer(args) -> list[str]:
+    """Trainer overrides of the timed runs: the CPU, or ``trainer=gpu`` for ``--device cuda``."""
+    return CPU if args.device == "cpu" else ["trainer=gpu", "logger=none"]
 
 
 def train_classifier(root: Path, data: list[str] = DATA) -> str:
@@ -56,7 +62,7 @@ def train_classifier(root: Path, data: list[str] = DATA) -> str:
 
 def autoencoder_overrides(args, setup: dict[str, str], with_metrics: bool) -> list[str]:
     """An MNIST autoencoder run; with metrics: reconstruction FID (domain features)."""
-    overrides = [*CPU, *DATA, f"model={args.model}", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"]
+    overrides = [*timed_trainer(args), *DATA, f"model={args.model}", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"]
     if with_metrics:
         overrides += [f"metrics.fid.checkpoint='{setup['classifier']}'", f"metrics.fid.num_images={args.num_images}"]
         if args.every_n_val_epochs:
@@ -69,7 +75,7 @@ def ldm_overrides(args, setup: dict[str, str], with_metrics: bool) -> list[str]:
     from bench.diffusion import shapes_overrides
 
     overrides = [
-        *CPU, *shapes_overrides(), "data.batch_size=32", "model=ldm", "model.conditioning=text",
+        *timed_trainer(args), *shapes_overrides(), "data.batch_size=32", "model=ldm", "model.conditioning=text",
         f"model.first_stage.checkpoint={setup['first_stage']}", f"model.text_encoder.checkpoint={setup['clip']}",
         "model.latent_std_batches=1", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
     ]
@@ -104,21 +110,24 @@ def run_seconds(args, setup: dict[str, str], with_metrics: bool) -> tuple[float,
     return seconds, metrics
 
 
-def fid_alone_seconds(classifier: str, num_images: int) -> float:
-    """FID of ``num_images`` MNIST test images vs noisy copies, with the same extractor."""
+def fid_alone_seconds(classifier: str, num_images: int, device: str = "cpu") -> float:
+    """FID of ``num_images`` MNIST test images vs noisy copies, with the same extractor, on ``device``."""
     from latentbench.data.mnist import MNISTDataModule
     from latentbench.evaluation.fid import make_fid
 
     data = MNISTDataModule(root=MNIST)
     data.setup()
     split = data.splits["test"]
-    real = split.images[:num_images].float() / split.pixel_scale
+    real = split.images[:num_images].to(device).float() / split.pixel_scale
     fake = (real + 0.1 * torch.randn_like(real)).clamp(0, 1)
-    evaluator = make_fid("domain", checkpoint=classifier)
+    evaluator = make_fid("domain", checkpoint=classifier).to(device)
+    synchronize = synchronizer(device)
+    synchronize()
     start = time.perf_counter()
     for begin in range(0, len(real), 256):
         evaluator.update(real[begin:begin + 256], fake[begin:begin + 256])
     evaluator.compute()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -129,6 +138,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--num-images", type=int, default=1000, help="metrics.fid.num_images (default of conf/metrics)")
     parser.add_argument("--every-n-val-epochs", type=int, default=None, help="also FID on validation (default: test only)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the timed runs train")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -142,9 +152,9 @@ def main() -> None:
             with_metrics.append(seconds)
             values.append({key: value for key, value in metrics.items() if "fid" in key or "clip_score" in key})
             without.append(run_seconds(args, setup, with_metrics=False)[0])
-        alone = [] if ldm else [fid_alone_seconds(setup["classifier"], args.num_images) for _ in range(args.reps)]
+        alone = [] if ldm else [fid_alone_seconds(setup["classifier"], args.num_images, args.device) for _ in range(args.reps)]
     shares = [(a - b) / a for a, b in zip(with_metrics, without)]
-    name = f"eval-{'fid-clip_score' if ldm else 'fid'}-{args.model}-cpu"
+    name = f"eval-{'fid-clip_score' if ldm else 'fid'}-{args.model}-{args.device}"
     result = {
         "benchmark": "eval", "metric": "sample fid_domain + clip_score_local" if ldm else "fid_domain",
         "model": args.model, "steps": args.steps,
@@ -152,7 +162,7 @@ def main() -> None:
         "run_seconds_with_metrics": spread(with_metrics), "run_seconds_without": spread(without),
         "metrics_share_of_run": spread(shares), "metric_values": values,
         **({} if ldm else {"fid_alone_seconds": spread(alone)}),
-        **environment("cpu"),
+        **environment(args.device),
     }
     path = write_result(name, result)
     s = result["metrics_share_of_run"]

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The GPU half of the benchmarks, in one go (about 6 minutes on an H100/H200):
+# The GPU half of the benchmarks, in one go (about 8 minutes on an H100/H200):
 #
 #     bash bench/gpu.sh                 # uses `uv run python`; or PYTHON="python3" bash bench/gpu.sh
 #     bash bench/gpu.sh time_to_quality checkpoint_ab     # only these sections
 #
-# Sections: overhead, time_to_quality, diffusion, test (the default set) and checkpoint_ab (the
+# Sections: overhead, time_to_quality, diffusion, eval, test (the default set) and checkpoint_ab (the
 # measurement behind callbacks.periodic_checkpoint's default: by time, not every 100 steps).
 #
 # Each benchmark writes its JSON under bench/results/ and prints its one-line summary; a failing or
@@ -33,7 +33,7 @@ step() {  # step SECONDS ARGS...: one benchmark under a timeout, logged
     collect
 }
 
-SECTIONS=${*:-overhead time_to_quality diffusion test}
+SECTIONS=${*:-overhead time_to_quality diffusion eval test}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 touch "$LOG.start"; : >"$LOG"; : >"$LOG.detail"
@@ -55,6 +55,10 @@ LDM64=(--device cuda --precision bf16-mixed --batch-size 256 --image-size 64 --n
 if want diffusion; then
     step 150 -m bench.diffusion --conditioning text "${LDM64[@]}" --reps 3
     step 120 -m bench.diffusion --conditioning class "${LDM64[@]}" --reps 3
+fi
+# FID + CLIP score as a share of an LDM run on the GPU (setup on the CPU)
+if want eval; then
+    step 150 -m bench.eval --model ldm --device cuda --steps 64 --reps 1
 fi
 # the suite's GPU test (bf16-mixed + compile + data on the GPU)
 if want test; then

@@ -170,3 +170,25 @@ def test_truncated_or_foreign_checkpoint_is_refused_by_name(tmp_path, capsys):
     assert main(["train", f"resume={run_dir}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: resume: ") and "last.ckpt is not a readable checkpoint" in err[-1]
+
+
+def test_periodic_checkpoint_by_time_saves_when_the_clock_says(tmp_path, monkeypatch):
+    """The default last.ckpt cadence is every 10 minutes of wall time (not every N steps): with a
+    clock that advances 4 minutes a step, saves land on steps 3, 6, 9 (12, 24, 36 minutes)."""
+    from types import SimpleNamespace
+
+    import latentbench.callbacks as callbacks
+    from latentbench.callbacks import PeriodicCheckpoint
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock["now"])
+    periodic = PeriodicCheckpoint(dirpath=str(tmp_path))  # the defaults: every_minutes=10, no step cadence
+    assert (periodic.every_n_steps, periodic.every_minutes) == (None, 10.0)
+    saved = []
+    trainer = SimpleNamespace(global_step=0, strategy=SimpleNamespace(broadcast=lambda value: value),
+                              save_checkpoint=lambda path: saved.append(trainer.global_step))
+    for step in range(1, 11):
+        clock["now"] += 240.0
+        trainer.global_step = step
+        periodic.on_train_batch_end(trainer, None, None, None, step - 1)
+    assert saved == [3, 6, 9]

@@ -85,3 +85,10 @@ class StepClock(pl.Callback):
 
 def synchronizer(device: str):
     return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def add_ab_arguments(parser, override_help: str, default_name: str) -> None:
+    """``--override KEY=VALUE`` (repeatable extra Hydra overrides) and ``--name`` (result file name),
+    for A/B runs of one setting."""
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help=override_help)
+    parser.add_argument("--name", default=None, help=f"result file name (default: {default_name})")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import StepClock, Timing, environment, spread, synchronizer, write_result
+from bench.common import StepClock, Timing, add_ab_arguments, environment, spread, synchronizer, write_result
 
 
 def shapes_overrides(image_size: int = 16, num_train: int = 512) -> list[str]:
@@ -277,9 +277,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--image-size", type=int, default=16, help="shapes images; latents are 4 x size/2 x size/2")
     parser.add_argument("--num-train", type=int, default=512, help="training images (an epoch ends every num_train / batch_size steps)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra Hydra override of the ldm run (model keys reach the plain loop too)")
-    parser.add_argument("--name", default=None, help="result file name (default: diffusion-<conditioning>-<device>-<precision>[-<size>px])")
+    add_ab_arguments(parser, "an extra Hydra override of the ldm run (model keys reach the plain loop too)",
+                     "diffusion-<conditioning>-<device>-<precision>[-<size>px]")
     parser.add_argument("--unet-channels", default=None, help="U-Net block_out_channels, e.g. 128,256 (default: conf/model/ldm.yaml's)")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")

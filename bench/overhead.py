@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, StepClock, Timing, environment, spread, synchronizer, write_result
+from bench.common import RESULTS, StepClock, Timing, add_ab_arguments, environment, spread, synchronizer, write_result
 
 MNIST = os.environ.get("LATENTBENCH_DATA", "../shared/data") + "/mnist"
 
@@ -133,10 +133,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="after the timed repetitions, run each side once more under the PyTorch profiler and "
                              "write its op table to bench/results/<name>-profile-{latentbench,plain}.txt")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra Hydra override for the latentbench side (callbacks, logger, trainer; not the "
-                             "model, which the plain loop would not see), e.g. callbacks.periodic_checkpoint.every_n_steps=100")
-    parser.add_argument("--name", default=None, help="result file name (default: overhead-<model>-<device>[-ondevice])")
+    add_ab_arguments(parser, "an extra Hydra override for the latentbench side (callbacks, logger, trainer; not the "
+                             "model, which the plain loop would not see), e.g. callbacks.periodic_checkpoint.every_n_steps=100",
+                     "overhead-<model>-<device>[-ondevice]")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
     name = args.name or f"overhead-{args.model}-{args.device.split(':')[0]}{'-ondevice' if args.on_device else ''}"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from bench.common import environment, write_result
+from bench.common import add_ab_arguments, environment, write_result
 from latentbench.metrics import HINTON2006_MNIST_AE30_SSE, HINTON2006_MNIST_PCA30_SSE
 
 MNIST = os.environ.get("LATENTBENCH_DATA", "../shared/data") + "/mnist"
@@ -128,10 +128,8 @@ def main() -> None:
                              "train 2.4 vs test 4.2 after 150 epochs of plain Adam)")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="model.dropout: dropout after each hidden activation (a regulariser against the overfitting)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra Hydra override of the run, e.g. corruption=gaussian corruption.sigma=0.1 "
-                             "data.corrupt_splits=[train] (input noise as a regulariser)")
-    parser.add_argument("--name", default=None, help="result file name (default: from the recipe)")
+    add_ab_arguments(parser, "an extra Hydra override of the run, e.g. corruption=gaussian corruption.sigma=0.1 "
+                             "data.corrupt_splits=[train] (input noise as a regulariser)", "from the recipe")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cpu")

@@ -95,7 +95,6 @@ def test_gpu_bf16_compile_on_device(cfg_factory):
     assert torch.isfinite(torch.tensor(metrics["test/mse"]))
 
 
-
 @pytest.mark.parametrize("loss", ["bce", "mse", "l1"])
 def test_reconstruction_loss_runs_in_float32_with_autocast_off(loss, monkeypatch):
     """bf16-mixed with the Hinton AE's bce: CUDA autocast refuses binary_cross_entropy on probabilities

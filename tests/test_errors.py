@@ -28,6 +28,7 @@ CASES = {
     "bce without sigmoid": (["model.loss=bce", "model.output_activation=none"], "model.loss: 'bce' needs output_activation 'sigmoid'"),
     "unknown activation": (["model.activation=Foo"], "model.activation: 'Foo' is not a torch.nn activation"),
     "dropout out of range": (["model.dropout=1.5"], "model.dropout: must be in [0, 1), got 1.5"),
+    "unknown init": (["model.init=he"], "model.init: 'he' is not allowed (allowed: default, xavier)"),
     "bad corrupt split": (["corruption=gaussian", "data.corrupt_splits=[training]"],
                           "data.corrupt_splits: expected a list of 'train', 'val', 'test', got ['training']"),
     "conv AE on flat data": (["model=ae_conv", "data.flatten=true"], "model.input_shape: a conv autoencoder needs (C, H, W) images"),

@@ -184,3 +184,21 @@ def test_ae_dropout_regularises_in_training_only(cfg_factory):
     assert torch.equal(dropped(x), dropped(x))
     metrics = train(cfg_factory("model.dropout=0.2", "trainer.fast_dev_run=true"))
     assert math.isfinite(metrics["test/mse"])
+
+
+@pytest.mark.parametrize("activation, gain", [("Tanh", 5 / 3), ("Sigmoid", 4.0), ("ReLU", 2 ** 0.5)])
+def test_ae_xavier_init_scales_by_the_activation_and_keeps_the_code_alive(activation, gain):
+    """model.init=xavier: Glorot-uniform weights with the following activation's gain (1 for the linear
+    code layer), zero biases; on binary 784-pixel inputs the 30-d code of the 784-1000-500-250-30 net
+    then varies across images, where PyTorch's default init all but flattens it for saturating units."""
+    from latentbench.models.ae import AutoEncoder
+
+    torch.manual_seed(0)
+    x = torch.rand(256, 1, 28, 28).round()
+    nets = {init: AutoEncoder(input_shape=[1, 28, 28], activation=activation, init=init) for init in ("default", "xavier")}
+    first, code = nets["xavier"].encoder[0], nets["xavier"].encoder[-1]
+    assert first.weight.var().item() == pytest.approx(gain ** 2 * 2 / (784 + 1000), rel=0.05)
+    assert code.weight.var().item() == pytest.approx(2 / (250 + 30), rel=0.1)
+    assert all(torch.count_nonzero(m.bias) == 0 for m in nets["xavier"].modules() if isinstance(m, torch.nn.Linear))
+    spread = {init: net.encode(x).std(0).mean().item() for init, net in nets.items()}
+    assert spread["xavier"] > 10 * spread["default"], spread

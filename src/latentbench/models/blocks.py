@@ -25,25 +25,54 @@ def output_layer(name: OutputActivation) -> nn.Module:
     return nn.Sigmoid() if name == "sigmoid" else nn.Identity()
 
 
-def mlp(sizes: list[int], activation: str, last: nn.Module | None = None, dropout: float = 0.0) -> nn.Sequential:
+def mlp(sizes: list[int], activation: str, last: nn.Module | None = None, dropout: float = 0.0,
+        init: str = "default") -> nn.Sequential:
     """Linear layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``, ``activation`` between them.
 
     The last linear layer is followed by ``last`` (linear output when None). With ``dropout > 0``
     each hidden activation is followed by ``nn.Dropout(dropout)`` (none is added at 0, so the layer
-    indices, and checkpoints, of a net without dropout stay as they were).
+    indices, and checkpoints, of a net without dropout stay as they were). ``init`` is the weight
+    initialisation: see :func:`init_linear`.
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout: must be in [0, 1), got {dropout}")
     layers: list[nn.Module] = []
     for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if index < len(sizes) - 2:
+        hidden = index < len(sizes) - 2
+        layers.append(init_linear(nn.Linear(fan_in, fan_out), init, activation if hidden else None))
+        if hidden:
             layers.append(activation_layer(activation))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     if last is not None:
         layers.append(last)
     return nn.Sequential(*layers)
+
+
+INITS = ("default", "xavier")
+# nn.init.calculate_gain's names for the activations it knows; others get gain 1.
+_GAIN_NAMES = {"ReLU": "relu", "Tanh": "tanh", "SELU": "selu", "LeakyReLU": "leaky_relu"}
+# calculate_gain says 1 for the logistic, whose slope at 0 is 1/4: Glorot & Bengio use 4.
+_LOGISTIC_GAIN = 4.0
+
+
+def init_linear(layer: nn.Linear, init: str, activation: str | None) -> nn.Linear:
+    """Initialises ``layer`` in place and returns it.
+
+    ``default`` keeps PyTorch's (uniform in +-1/sqrt(fan_in)): it shrinks the signal at every layer,
+    which a deep net of saturating units (Sigmoid, Tanh) barely recovers from without pre-training.
+    ``xavier`` is Glorot & Bengio (2010): uniform with variance ``gain^2 * 2 / (fan_in + fan_out)``,
+    the gain of the ``activation`` that follows (1 for a linear code or output layer), biases zero.
+    """
+    if init not in INITS:
+        raise ValueError(f"init: {init!r} is not allowed (allowed: {', '.join(INITS)})")
+    if init == "xavier":
+        gain = _LOGISTIC_GAIN if activation == "Sigmoid" else 1.0
+        if activation in _GAIN_NAMES:
+            gain = nn.init.calculate_gain(_GAIN_NAMES[activation])
+        nn.init.xavier_uniform_(layer.weight, gain=gain)
+        nn.init.zeros_(layer.bias)
+    return layer
 
 
 def conv_down(in_channels: int, out_channels: int, activation: str) -> nn.Sequential:

@@ -75,6 +75,21 @@ def lr_schedule_overrides(schedule: str, max_epochs: int) -> list[str]:
     raise ValueError(f"--schedule: expected 'constant' or 'cosine', got {schedule!r}")
 
 
+def training_set_error(cfg, checkpoint: str, accelerator: str) -> float:
+    """Squared error per image of ``checkpoint`` on the training split (no corruption): beside the
+    test figure it says whether a recipe underfits (both high) or overfits (train far below test)."""
+    from latentbench.instantiate import build
+    from latentbench.models.ae import AutoEncoder
+
+    datamodule = build(cfg.data, "data")
+    datamodule.setup("fit")
+    model = AutoEncoder.load_from_checkpoint(checkpoint, weights_only=True)
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=cfg.trainer.precision, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    # validation metrics of the training images: val/recon_sse is then the training-set figure
+    return trainer.validate(model, dataloaders=datamodule.train_dataloader(), verbose=False)[0]["val/recon_sse"]
+
+
 def run(args: argparse.Namespace) -> dict:
     from hydra.core.global_hydra import GlobalHydra
 
@@ -105,6 +120,7 @@ def run(args: argparse.Namespace) -> dict:
         metrics = train(cfg)
         total = time.perf_counter() - start
         clock = json.loads((Path(output_dir) / CLOCK_FILE).read_text())
+        train_sse = training_set_error(cfg, metrics["checkpoint"], accelerator) if metrics.get("checkpoint") else None
         GlobalHydra.instance().clear()
     return {
         "recipe": {k: v for k, v in vars(args).items()},
@@ -112,6 +128,7 @@ def run(args: argparse.Namespace) -> dict:
         "reached": clock["reached"],
         "val_history": clock["history"],
         "test_recon_sse": metrics.get("test/recon_sse"),
+        "train_recon_sse": train_sse,
         "epochs": metrics.get("epochs"),
         "total_seconds": round(total, 1),
     }
@@ -147,7 +164,8 @@ def main() -> None:
     path = write_result(args.name or name, result)
     reached = ", ".join(f"< {t}: {f'{s} s' if s is not None else 'not reached'}" for t, s in result["seconds_to_target"].items())
     print(f"time to quality ({result['device']}, batch {args.batch_size}, {args.precision}): {reached}; "
-          f"test recon_sse {result['test_recon_sse']:.3f} after {result['epochs']} epochs -> {path}")
+          f"test recon_sse {result['test_recon_sse']:.3f} (train {result['train_recon_sse'] or float('nan'):.3f}) "
+          f"after {result['epochs']} epochs -> {path}")
 
 
 if __name__ == "__main__":

@@ -95,14 +95,20 @@ class QualityClock(pl.Callback):
 
 def test_set_error(trainer: pl.Trainer, model) -> float:
     """Squared error per image of ``model`` as it is now on the test split, under the run's precision."""
-    from latentbench.metrics import ReconstructionSSE
-
     datamodule = trainer.datamodule
     datamodule.setup("test")
+    return squared_error_per_image(model, datamodule.test_dataloader(), trainer)
+
+
+def squared_error_per_image(model, loader, trainer: pl.Trainer) -> float:
+    """``ReconstructionSSE`` of ``model`` (in eval mode, under ``trainer``'s precision) over ``loader``'s
+    clean images; the model's train/eval mode is restored after."""
+    from latentbench.metrics import ReconstructionSSE
+
     metric, was_training = ReconstructionSSE().to(model.device), model.training
     model.eval()
     with torch.no_grad(), trainer.precision_plugin.forward_context():
-        for batch in datamodule.test_dataloader():
+        for batch in loader:
             batch = {key: value.to(model.device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
             metric.update(model(model.model_input(batch)).float(), batch["image"].float())
     model.train(was_training)
@@ -128,11 +134,21 @@ def training_set_error(cfg, checkpoint: str, accelerator: str) -> float:
 
     datamodule = build(cfg.data, "data")
     datamodule.setup("fit")
-    model = AutoEncoder.load_from_checkpoint(checkpoint, weights_only=True)
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=cfg.trainer.precision, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    # validation metrics of the training images: val/recon_sse is then the training-set figure
-    return trainer.validate(model, dataloaders=datamodule.train_dataloader(), verbose=False)[0]["val/recon_sse"]
+    model = AutoEncoder.load_from_checkpoint(checkpoint, map_location="cuda" if accelerator == "gpu" else "cpu",
+                                             weights_only=True)
+    # a trainer only for its precision plugin (the autocast of the run)
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=cfg.trainer.precision, logger=False)
+    return squared_error_per_image(model, datamodule.train_dataloader(), trainer)
+
+
+def seconds_to_targets(reached: dict[str, dict], targets: list[float]) -> dict[float, float | None]:
+    """``{target: seconds when first beaten, or None}`` from a clock's ``reached`` record."""
+    return {target: reached.get(str(target), {}).get("seconds") for target in targets}
+
+
+def describe_reached(seconds_to_target: dict[float, float | None]) -> str:
+    """``"< 13.87: 35.0 s, < 3.0: not reached"``."""
+    return ", ".join(f"< {t}: {f'{s} s' if s is not None else 'not reached'}" for t, s in seconds_to_target.items())
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -169,10 +185,10 @@ def run(args: argparse.Namespace) -> dict:
         GlobalHydra.instance().clear()
     return {
         "recipe": {k: v for k, v in vars(args).items()},
-        "seconds_to_target": {target: clock["reached"].get(str(target), {}).get("seconds") for target in targets},
+        "seconds_to_target": seconds_to_targets(clock["reached"], targets),
         "reached": clock["reached"],
         "val_history": clock["history"],
-        "test_seconds_to_target": {target: clock["test_reached"].get(str(target), {}).get("seconds") for target in targets},
+        "test_seconds_to_target": seconds_to_targets(clock["test_reached"], targets),
         "test_reached": clock["test_reached"],
         "test_history": clock["test_history"],
         "test_recon_sse": metrics.get("test/recon_sse"),
@@ -213,10 +229,9 @@ def main() -> None:
     name += f"-wd{args.weight_decay:g}" if args.weight_decay else ""
     name += f"-dropout{args.dropout:g}" if args.dropout else ""
     path = write_result(args.name or name, result)
-    reached = ", ".join(f"< {t}: {f'{s} s' if s is not None else 'not reached'}" for t, s in result["seconds_to_target"].items())
+    reached = describe_reached(result["seconds_to_target"])
     if args.test_every:
-        reached += "; on test: " + ", ".join(f"< {t}: {f'{s} s' if s is not None else 'not reached'}"
-                                             for t, s in result["test_seconds_to_target"].items())
+        reached += "; on test: " + describe_reached(result["test_seconds_to_target"])
     print(f"time to quality ({result['device']}, batch {args.batch_size}, {args.precision}): {reached}; "
           f"test recon_sse {result['test_recon_sse']:.3f} (train {result['train_recon_sse'] or float('nan'):.3f}) "
           f"after {result['epochs']} epochs -> {path}")

@@ -67,9 +67,12 @@ def init_linear(layer: nn.Linear, init: str, activation: str | None) -> nn.Linea
     if init not in INITS:
         raise ValueError(f"init: {init!r} is not allowed (allowed: {', '.join(INITS)})")
     if init == "xavier":
-        gain = _LOGISTIC_GAIN if activation == "Sigmoid" else 1.0
-        if activation in _GAIN_NAMES:
+        if activation == "Sigmoid":
+            gain = _LOGISTIC_GAIN
+        elif activation in _GAIN_NAMES:
             gain = nn.init.calculate_gain(_GAIN_NAMES[activation])
+        else:
+            gain = 1.0
         nn.init.xavier_uniform_(layer.weight, gain=gain)
         nn.init.zeros_(layer.bias)
     return layer

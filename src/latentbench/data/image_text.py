@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import tarfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,12 +33,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from latentbench.data.base import ImageDataModule, TensorSplit, dataset_from_columns, image_column
+from latentbench.data.image_files import to_rgb
 from latentbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SHARD_SUFFIXES = (".tar", ".parquet")
+MAX_CAPTION_CHARS = 2000  # data.max_caption_chars: LAION alt texts are mostly < 300; longer is page text or spam
 
 
 def captioned_features(shape: tuple[int, int, int]) -> Features:
@@ -117,7 +120,15 @@ class CaptionedImageDataModule(ImageDataModule):
 
 
 class BadSample(ValueError):
-    """One sample (or a whole shard) that cannot be read; the message names the file and key."""
+    """One sample (or a whole shard) that cannot be read; the message names the file and key.
+
+    ``reason`` is a short tag of what is wrong (``"caption not UTF-8"``, ``"empty caption"``, ...)
+    by which skipped samples are counted.
+    """
+
+    def __init__(self, message: str, reason: str = "bad sample"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -145,7 +156,7 @@ def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
                 key = member_key
                 fields[ext.lower()] = data
     except (tarfile.TarError, EOFError, OSError, ValueError) as error:
-        raise BadSample(f"{path}: corrupt or truncated tar ({type(error).__name__}: {error})") from None
+        raise BadSample(f"{path}: corrupt or truncated tar ({type(error).__name__}: {error})", "damaged shard") from None
     if key is not None:
         yield key, fields
 
@@ -162,20 +173,21 @@ def iter_parquet_samples(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield str(record.get("key", f"{Path(path).name}:{row}")), record
                 row += 1
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
-        raise BadSample(f"{path}: corrupt or unreadable parquet file ({type(error).__name__}: {error})") from None
+        raise BadSample(f"{path}: corrupt or unreadable parquet file ({type(error).__name__}: {error})", "damaged shard") from None
 
 
 def decode_image(value: Any) -> Image.Image:
-    """An RGB PIL image from encoded bytes, an HF image dict ``{"bytes": ...}`` or a PIL image."""
+    """An 8-bit RGB PIL image from encoded bytes, an HF image dict ``{"bytes": ...}`` or a PIL image,
+    whatever its mode (16-bit grey, palette, CMYK, alpha onto white: see :func:`~latentbench.data.image_files.to_rgb`)."""
     if isinstance(value, dict):
         value = value.get("bytes")
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return to_rgb(value)
     if not isinstance(value, (bytes, bytearray)):
         raise ValueError(f"expected encoded image bytes, got {type(value).__name__}")
     image = Image.open(io.BytesIO(value))
     image.load()
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 def square_image(image: Image.Image, resolution: int, center_crop: bool) -> np.ndarray:
@@ -194,11 +206,34 @@ def square_image(image: Image.Image, resolution: int, center_crop: bool) -> np.n
 
 
 def text_of(value: Any) -> str | None:
+    """``value`` as text without surrounding whitespace (bytes decoded as UTF-8, a leading byte-order
+    mark dropped); None when missing. ValueError ``not UTF-8 text (byte 0xff at 5)`` for other bytes."""
     if value is None:
         return None
     if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8").strip()
+        try:
+            return bytes(value).decode("utf-8").removeprefix("\ufeff").strip()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"not UTF-8 text (byte 0x{value[error.start]:02x} at {error.start})") from None
     return str(value).strip()
+
+
+def caption_of(fields: dict[str, Any], caption_column: str, max_chars: int | None, source: str, key: str) -> str:
+    """The sample's caption, stripped; BadSample naming ``source`` and ``key`` when it is missing, not
+    UTF-8, empty (or only whitespace) or longer than ``max_chars`` characters (None: no limit)."""
+    try:
+        caption = text_of(field_value(fields, caption_column))
+    except ValueError as error:
+        raise BadSample(f"{source}: sample {key}: caption is {error}", "caption not UTF-8") from None
+    if caption is None:
+        raise BadSample(f"{source}: sample {key} has no caption ('{caption_column}'); "
+                        f"set data.caption_column to the caption field or data.skip_bad=true to skip it", "no caption")
+    if not caption:
+        raise BadSample(f"{source}: sample {key}: caption is empty (or only whitespace)", "empty caption")
+    if max_chars is not None and len(caption) > max_chars:
+        raise BadSample(f"{source}: sample {key}: caption is {len(caption)} characters long, "
+                        f"over data.max_caption_chars={max_chars}", "caption too long")
+    return caption
 
 
 def field_value(fields: dict[str, Any], column: str) -> Any:
@@ -225,25 +260,25 @@ def keyword_label(caption: str, keywords: list[str]) -> int:
 
 def to_example(key: str, fields: dict[str, Any], source: str, image_column: str | None, caption_column: str,
                label_column: str | None, resolution: int, center_crop: bool,
-               label_keywords: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """One decoded example ``{"image": uint8 (3, R, R), "caption", "label", "key"}``; BadSample names
-    ``source`` and ``key`` when the image or the caption is missing or broken."""
+               label_keywords: tuple[str, ...] | None = None,
+               max_caption_chars: int | None = MAX_CAPTION_CHARS) -> dict[str, Any]:
+    """One decoded example ``{"image": uint8 (3, R, R) in [0, 255], "caption", "label", "key"}``;
+    BadSample names ``source`` and ``key`` when the image or the caption is missing or broken (see
+    :func:`caption_of`)."""
     columns = [image_column] if image_column else [c for c in (*IMAGE_EXTENSIONS, "image") if c in fields]
     if not columns or fields.get(columns[0]) is None:
-        raise BadSample(f"{source}: sample {key} has no image ({image_column or '/'.join(IMAGE_EXTENSIONS)})")
+        raise BadSample(f"{source}: sample {key} has no image ({image_column or '/'.join(IMAGE_EXTENSIONS)})", "no image")
     try:
         image = square_image(decode_image(fields[columns[0]]), resolution, center_crop)
     except Exception as error:
-        raise BadSample(f"{source}: sample {key}: cannot decode its image ({type(error).__name__}: {error})") from None
-    caption = text_of(field_value(fields, caption_column))
-    if caption is None:
-        raise BadSample(f"{source}: sample {key} has no caption ('{caption_column}'); "
-                        f"set data.caption_column to the caption field or data.skip_bad=true to skip it")
+        raise BadSample(f"{source}: sample {key}: cannot decode its image ({type(error).__name__}: {error})",
+                        "undecodable image") from None
+    caption = caption_of(fields, caption_column, max_caption_chars, source, key)
     label = -1
     if label_column:
         value = field_value(fields, label_column)
         if value is None:
-            raise BadSample(f"{source}: sample {key} has no label ('{label_column}')")
+            raise BadSample(f"{source}: sample {key} has no label ('{label_column}')", "no label")
         label = int(text_of(value))
     if label_keywords:
         label = keyword_label(caption, label_keywords)
@@ -252,8 +287,10 @@ def to_example(key: str, fields: dict[str, Any], source: str, image_column: str 
 
 def bad_example(key: str, error: BadSample, resolution: int) -> dict[str, Any]:
     """The stand-in for a sample that ``skip_bad`` skips: it travels to the data module, which drops
-    and counts it there (the reader may run in a loader worker, whose counts would be lost)."""
-    return {"image": np.zeros((3, resolution, resolution), dtype=np.uint8), "caption": "", "label": -1, "key": key, "bad": str(error)}
+    and counts it there (the reader may run in a loader worker, whose counts would be lost); ``bad``
+    is the error's short ``reason`` (the whole message is logged where it is skipped)."""
+    return {"image": np.zeros((3, resolution, resolution), dtype=np.uint8), "caption": "", "label": -1, "key": key,
+            "bad": error.reason or "bad sample"}
 
 
 def generate_local(files: list[str], skip_bad: bool, **options) -> Iterator[dict[str, Any]]:
@@ -279,7 +316,7 @@ def generate_local(files: list[str], skip_bad: bool, **options) -> Iterator[dict
 
 
 def example_features(resolution: int) -> Features:
-    """``bad`` is "" for a good example and the reason for a skipped one (see :func:`bad_example`)."""
+    """``bad`` is "" for a good example and the short reason for a skipped one (see :func:`bad_example`)."""
     return Features({"image": Array3D(shape=(3, resolution, resolution), dtype="uint8"), "caption": Value("string"),
                      "label": Value("int64"), "key": Value("string"), "bad": Value("string")})
 
@@ -297,15 +334,15 @@ def resolve_shards(pattern: str) -> list[str]:
 class LaionCollate:
     """Stacks decoded examples into a batch, dropping captions with ``caption_dropout``.
 
-    Skipped (bad) examples are left out; their keys go in ``batch["skipped"]`` for the data module
-    to count in the main process.
+    Skipped (bad) examples are left out; ``batch["skipped"]`` maps their keys to their reasons, for
+    the data module to count in the main process.
     """
 
     def __init__(self, caption_dropout: float = 0.0):
         self.caption_dropout = caption_dropout
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        skipped = [str(e["key"]) for e in examples if e.get("bad")]
+        skipped = {str(e["key"]): str(e["bad"]) for e in examples if e.get("bad")}
         images = torch.stack([torch.as_tensor(np.asarray(e["image"], dtype=np.uint8)) for e in examples])
         keep = [i for i, e in enumerate(examples) if not e.get("bad")]
         images, examples = images[keep], [examples[i] for i in keep]
@@ -389,8 +426,11 @@ class LaionDataModule(CaptionedImageDataModule):
             order) that occurs in its caption as a whole word or simple plural ("dog"/"dogs"), -1
             when none does; the keywords are the ``class_names``.
         caption_dropout (`float`): probability that a training caption becomes ``""``.
-        skip_bad (`bool`): skip (and count, with a warning) undecodable images, samples without a
-            caption and damaged shards instead of stopping with an error naming them.
+        skip_bad (`bool`): skip (and count by reason, with a warning) samples without an image or
+            with an undecodable one, samples whose caption is missing, not UTF-8, empty or too long,
+            and damaged shards, instead of stopping with a one-line error naming the file and key.
+        max_caption_chars (`int`, *optional*): a longer caption (after stripping whitespace) is a bad
+            sample; null: no limit.
         shuffle_buffer (`int`): examples in the streaming shuffle buffer (shard order is shuffled too).
         steps_per_epoch (`int`, *optional*): streaming only: a training epoch is exactly this many
             batches per rank (passes over the data repeat as needed), so DDP ranks stay in step
@@ -414,6 +454,7 @@ class LaionDataModule(CaptionedImageDataModule):
         label_keywords: list[str] | None = None,
         caption_dropout: float = 0.0,
         skip_bad: bool = False,
+        max_caption_chars: int | None = MAX_CAPTION_CHARS,
         shuffle_buffer: int = 1000,
         steps_per_epoch: int | None = None,
         **kwargs,
@@ -423,6 +464,8 @@ class LaionDataModule(CaptionedImageDataModule):
             raise ValueError(f"resolution: must be at least 8 pixels, got {resolution}")
         if shuffle_buffer <= 0:
             raise ValueError(f"shuffle_buffer: must be positive, got {shuffle_buffer}")
+        if max_caption_chars is not None and max_caption_chars <= 0:
+            raise ValueError(f"max_caption_chars: must be positive (or null: no limit), got {max_caption_chars}")
         if steps_per_epoch is not None and (steps_per_epoch <= 0 or not streaming):
             raise ValueError(f"steps_per_epoch: a positive count for streaming: true, got {steps_per_epoch} (streaming={streaming})")
         if root is None and not hub_name:
@@ -441,17 +484,23 @@ class LaionDataModule(CaptionedImageDataModule):
         self.resolution, self.center_crop, self.skip_bad = resolution, center_crop, skip_bad
         self.image_column, self.caption_column, self.label_column = image_column, caption_column, label_column
         self._class_names, self.shuffle_buffer = list(class_names) if class_names else None, shuffle_buffer
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.max_caption_chars = steps_per_epoch, max_caption_chars
         self.files = self._find_files(root) if root is not None else None
         self.streams: dict[str, IterableDataset] = {}
-        self.skipped: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
+        self.skipped: dict[str, dict[str, str]] = {"train": {}, "val": {}, "test": {}}  # key -> reason
 
-    def note_skipped(self, split: str, keys: list[str]) -> None:
-        """Count skipped bad samples once per key (a streamed split is read again every epoch)."""
-        new = set(keys) - self.skipped[split]
+    def note_skipped(self, split: str, skipped: dict[str, str]) -> None:
+        """Count skipped bad samples (``{key: reason}``) once per key (a streamed split is read again every epoch)."""
+        new = {key: reason for key, reason in skipped.items() if key not in self.skipped[split]}
         if new:
-            self.skipped[split] |= new
-            log.warning("data: skipped %d bad sample(s) in %s so far (skip_bad: true)", len(self.skipped[split]), split)
+            self.skipped[split].update(new)
+            reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped_reasons(split).most_common())
+            log.warning("data: skipped %d bad sample(s) in %s so far (skip_bad: true): %s", len(self.skipped[split]), split, reasons)
+
+    def skipped_reasons(self, split: str | None = None) -> Counter:
+        """Skipped samples per reason (``"empty caption"``, ``"undecodable image"``, ...), of ``split`` or all splits."""
+        splits = [split] if split else list(self.skipped)
+        return Counter(reason for name in splits for reason in self.skipped[name].values())
 
     def skipped_counts(self) -> dict[str, int]:
         """``{"data/skipped_bad": total, "data/skipped_bad_<split>": ...}`` for the run's metrics (skip_bad only)."""
@@ -509,7 +558,8 @@ class LaionDataModule(CaptionedImageDataModule):
     def _options(self) -> dict[str, Any]:
         return {"image_column": self.image_column, "caption_column": self.caption_column,
                 "label_column": self.label_column, "resolution": self.resolution, "center_crop": self.center_crop,
-                "label_keywords": tuple(self.label_keywords) if self.label_keywords else None}  # a tuple: HF shards over lists
+                "label_keywords": tuple(self.label_keywords) if self.label_keywords else None,  # a tuple: HF shards over lists
+                "max_caption_chars": self.max_caption_chars}
 
     def has_split(self, split: str) -> bool:
         if self.files is not None:
@@ -564,7 +614,7 @@ class LaionDataModule(CaptionedImageDataModule):
         images, labels, captions = [], [], []
         for example in examples.with_format("numpy"):
             if example["bad"]:
-                self.note_skipped(split, [str(example["key"])])
+                self.note_skipped(split, {str(example["key"]): str(example["bad"])})
                 continue
             images.append(example["image"])
             labels.append(example["label"])

@@ -35,6 +35,71 @@ def resolve_wandb_mode(mode: WandbMode) -> str:
     return os.environ.get("WANDB_MODE") or ("online" if wandb_has_key() else "offline")
 
 
+def wandb_base_url(base_url: str | None = None) -> str:
+    """The W&B server a run talks to: ``base_url``, else W&B's own setting (``WANDB_BASE_URL``,
+    ``wandb login --host``, or its default server)."""
+    if base_url:
+        return base_url
+    import wandb
+
+    try:
+        from wandb.sdk import wandb_setup
+
+        return wandb_setup.singleton().settings.base_url  # reads env and settings files; starts no service
+    except Exception:  # noqa: BLE001 (a wandb without this internal API)
+        return os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
+
+
+def unreachable_reason(url: str, timeout: float) -> str | None:
+    """None when an HTTP(S) server answers at ``url`` within ``timeout`` seconds (any status counts),
+    else why not, in a few words: ``connection refused``, ``no answer within 5 s``, ...
+
+    The whole probe, name lookup included, takes at most ``timeout`` seconds: it runs in a daemon
+    thread that is abandoned when time is up (a server that accepts connections but never answers).
+    """
+    import ssl
+    import threading
+    import urllib.error
+    import urllib.request
+
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # an error status is still an answer
+            outcome.append(None)
+        except urllib.error.URLError as error:
+            reason = error.reason
+            # A TLS problem means the server answered; W&B's own client (other CA bundle) decides.
+            outcome.append(None if isinstance(reason, ssl.SSLError) else describe_network_error(reason, timeout))
+        except (OSError, ValueError) as error:
+            outcome.append(describe_network_error(error, timeout))
+        except Exception:  # noqa: BLE001 (e.g. http.client.BadStatusLine: something answered)
+            outcome.append(None)
+
+    thread = threading.Thread(target=attempt, name="wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
+def describe_network_error(error: object, timeout: float) -> str:
+    """A few words for a connection error: ``connection refused``, ``host not found``, ..."""
+    import socket
+
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return f"no answer within {timeout:g} s"
+    if isinstance(error, socket.gaierror):
+        return "host not found"
+    if isinstance(error, ConnectionError):
+        return "connection closed without an answer"
+    return (getattr(error, "strerror", None) or str(error) or type(error).__name__).splitlines()[0]
+
+
 def make_wandb_logger(
     save_dir: str,
     project: str = "latentbench",
@@ -46,16 +111,43 @@ def make_wandb_logger(
     log_model: bool = False,
     run_id: str | None = None,
     flush_seconds: float = 2.0,
+    base_url: str | None = None,
+    fallback_offline: bool = True,
+    connect_timeout: float = 5.0,
+    init_timeout: float = 60.0,
 ) -> WandbLogger:
     """A Lightning WandbLogger whose run files live in the run directory ``save_dir/wandb``.
 
     ``flush_seconds``: how often W&B writes what was logged to the run's ``.wandb`` file (W&B's own
     default is 15 s); a process killed without warning loses at most that much of its record, and
     the rest can still be uploaded with ``wandb sync``.
+
+    Online (``mode=online``, ``WANDB_MODE=online``, or ``auto`` with a key), the W&B server
+    (``base_url``, else ``WANDB_BASE_URL`` or W&B's default) is first probed for ``connect_timeout``
+    seconds, here, before any training (W&B itself retries for minutes): unreachable, the run logs
+    offline with a one-line warning, or with ``fallback_offline=False`` raises ConfigError.
+    ``init_timeout`` bounds W&B's own start-up (``wandb.Settings(init_timeout=...)``) past the probe.
     """
+    import sys
+
     import wandb
 
+    from latentbench.errors import ConfigError
+
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    resolved = resolve_wandb_mode(mode)
+    if resolved == "online":
+        url = wandb_base_url(base_url)
+        reason = unreachable_reason(url, connect_timeout)
+        if reason and not fallback_offline:
+            raise ConfigError(f"logger.wandb.mode: online asked for, but {url} is unreachable ({reason}); "
+                              "use logger.wandb.mode=offline or check the network")
+        if reason:
+            runs = Path(save_dir) / "wandb"
+            print(f"warning: W&B: {url} unreachable ({reason}); logging offline to {runs} "
+                  f"(upload later with: wandb sync {runs}/offline-run-*)", file=sys.stderr, flush=True)
+            resolved = "offline"
+    settings = {"base_url": base_url} if base_url else {}
     return WandbLogger(
         save_dir=save_dir,
         project=project,
@@ -63,11 +155,11 @@ def make_wandb_logger(
         group=group,
         tags=list(tags or []),
         entity=entity,
-        mode=resolve_wandb_mode(mode),
+        mode=resolved,
         log_model=log_model,
         id=run_id,
         resume="allow" if run_id else None,
-        settings=wandb.Settings(x_transaction_log_flush_interval=flush_seconds),
+        settings=wandb.Settings(x_transaction_log_flush_interval=flush_seconds, init_timeout=init_timeout, **settings),
     )
 
 

@@ -51,10 +51,20 @@ def cfg_factory(tmp_path):
     GlobalHydra.instance().clear()
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``latentbench <args>`` in a subprocess, as a user would."""
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300,
+            fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run ``latentbench <args>`` in a process of its own, as a user would.
+
+    By default the process is forked from a server that has imported the project already
+    (``tests/forked.py``: no 20 s of imports per run); ``fresh=True`` starts a new interpreter
+    (``python -m latentbench.cli``), for what a fork cannot show (DDP re-executing its argv).
+    """
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
+    if not fresh:
+        from tests.forked import run_forked
+
+        return run_forked(list(args), cwd or REPO, full_env, timeout)
     return subprocess.run(
         [sys.executable, "-m", "latentbench.cli", *args],
         cwd=cwd or REPO,

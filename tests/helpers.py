@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
+KILLED_MARKER = ".killed-by-test"
+
+
+def die_once(trainer: pl.Trainer) -> None:
+    """SIGKILL this process, unless this run directory was killed before: a resumed run, whose
+    config (the killer included) is the killed run's, then goes on to the end."""
+    marker = Path(trainer.default_root_dir) / KILLED_MARKER
+    if marker.exists():
+        return
+    marker.touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+
 
 class KillAtStep(pl.Callback):
-    """SIGKILLs the training process right after training step ``step`` (no cleanup, like a crash)."""
+    """SIGKILLs the training process right after training step ``step`` (no cleanup, like a crash), once."""
 
     def __init__(self, step: int):
         self.step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            die_once(trainer)
 
 
 class PoisonLossAtStep(pl.Callback):
@@ -31,3 +44,40 @@ class PoisonLossAtStep(pl.Callback):
             with torch.no_grad():
                 for parameter in pl_module.parameters():
                     parameter.fill_(float("nan"))
+
+
+class KillAfterSave(pl.Callback):
+    """SIGKILLs the process right after its ``n``-th checkpoint write (1-based), whatever wrote it:
+    the epoch-end best/last checkpoints, the periodic one, a save at an interruption."""
+
+    def __init__(self, n: int):
+        self.n, self.saves = n, 0
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        io = trainer.strategy.checkpoint_io
+        save = io.save_checkpoint
+
+        def save_then_maybe_die(*args, **kwargs):
+            save(*args, **kwargs)
+            self.saves += 1
+            if self.saves == self.n:
+                die_once(trainer)
+
+        io.save_checkpoint = save_then_maybe_die
+
+
+class KillAtHook(pl.Callback):
+    """SIGKILLs the process in hook ``hook`` (``train_epoch_start``, ``validation_batch_end``, ...)
+    at its ``n``-th call (1-based; sanity checks not counted), counting only the calls in epoch
+    ``epoch`` when one is given."""
+
+    def __init__(self, hook: str, n: int, epoch: int | None = None):
+        self.hook, self.n, self.epoch, self.calls = hook, n, epoch, 0
+        setattr(self, f"on_{hook}", self._count)
+
+    def _count(self, trainer, *args, **kwargs) -> None:
+        if trainer.sanity_checking or (self.epoch is not None and trainer.current_epoch != self.epoch):
+            return
+        self.calls += 1
+        if self.calls == self.n:
+            die_once(trainer)

@@ -18,7 +18,7 @@ DDP_KEYS = ("test/recon_sse", "test/mse", "test/psnr", "test/ssim")
 
 def ddp_metrics(tmp_path, *overrides: str) -> dict:
     result = run_cli("train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *SLICE, *overrides,
-                     f"hydra.run.dir={tmp_path / 'ddp'}")
+                     f"hydra.run.dir={tmp_path / 'ddp'}", fresh=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((tmp_path / "ddp" / "metrics.json").read_text())
 

@@ -25,8 +25,7 @@ def killed_then_resumed(tmp_path, kill_step: int, logger: str = "none", extra: t
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (run_dir / "metrics.json").exists()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    # the resumed run must not kill itself again: drop the killer by overriding its step out of reach
-    resumed = run_cli("train", f"resume={run_dir}", "callbacks.killer.step=-1")
+    resumed = run_cli("train", f"resume={run_dir}")  # the killer fires once per run directory
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -63,14 +62,6 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics_and_wandb_run(unin
     assert all((run / f"run-{first_id}.wandb").is_file() for run in offline_runs)
     killed_record = (offline_runs[0] / f"run-{first_id}.wandb").read_bytes()
     assert b"optimized_metric" in killed_record  # what the killed run logged (its config) survived the kill
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kill_step", [3, 13, 21, 22, 30, 47])
-def test_sigkill_then_resume_gives_the_same_final_metrics(uninterrupted, tmp_path, kill_step):
-    resumed = killed_then_resumed(tmp_path, kill_step)
-    for key in COMPARED:
-        assert resumed[key] == uninterrupted[key], key
 
 
 def test_resume_auto_picks_the_unfinished_run(tmp_path):

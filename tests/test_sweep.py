@@ -155,7 +155,7 @@ def test_slurm_launcher_and_trainer_agree(capsys):
 @pytest.mark.slow
 def test_two_trials_through_the_submitit_local_launcher(tmp_path):
     """The cluster path without a cluster: submitit's local executor runs each job as a subprocess."""
-    result = run_cli("train", "-m", "hydra/launcher=local", "model=pca", "model.n_components=4,8", *TINY, f"hydra.sweep.dir={tmp_path}")
+    result = run_cli("train", "-m", "hydra/launcher=local", "model=pca", "model.n_components=4,8", *TINY, f"hydra.sweep.dir={tmp_path}", fresh=True)
     assert result.returncode == 0, result.stderr[-2000:]
     sse = {n: json.loads((tmp_path / str(n) / "metrics.json").read_text())["test/recon_sse"] for n in (0, 1)}
     assert sse[1] < sse[0]  # 8 components reconstruct better than 4

@@ -119,8 +119,14 @@ class ResumableBatchSampler(Sampler[list[int]]):
     extra step and blocks the gradient all-reduce; without it (evaluation) nothing is dropped or
     repeated, so metrics reduced across ranks equal a single-process run's exactly.
 
+    The epoch comes from the trainer (``set_epoch``, which Lightning calls before every training
+    epoch, also on resume), not from counting iterations: a run resumed at an epoch boundary does
+    not restore the loader's state (Lightning only does that mid-epoch), and a count would start
+    again at epoch 0 and replay the first epoch's order.
+
     ``state_dict`` records the epoch being drawn and how many of its batches were consumed
-    (``consumed()``, the trainer's count); ``load_state_dict`` makes the next ``iter`` skip them.
+    (``consumed()``, the trainer's count); ``load_state_dict`` makes the next ``iter`` of that
+    same epoch skip them.
     """
 
     def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
@@ -128,9 +134,12 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
         self.consumed = consumed or (lambda: 0)
-        self.epoch = 0  # epoch of the next iteration
+        self.epoch = 0  # epoch of the next iteration (set by the trainer)
         self.current_epoch = 0  # epoch of the iteration in progress
-        self.skip = 0
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches already consumed) from a checkpoint
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def shard_size(self) -> int:
         if self.equal_shards:
@@ -148,8 +157,11 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return order[self.rank :: self.world_size][: self.shard_size()]
 
     def __iter__(self):
-        self.current_epoch, self.epoch = self.epoch, self.epoch + 1
-        skip, self.skip = self.skip, 0
+        self.current_epoch = self.epoch
+        skip = 0
+        if self.resume_at is not None and self.resume_at[0] == self.current_epoch:
+            skip = self.resume_at[1]
+        self.resume_at = None
         batches = self.indices(self.current_epoch).split(self.batch_size)
         for batch in batches[skip:]:
             yield batch.tolist()
@@ -158,9 +170,10 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return {"epoch": self.current_epoch, "batches_consumed": int(self.consumed())}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.skip = state["epoch"], state["batches_consumed"]
-        if self.skip >= len(self):  # saved at the end of an epoch: go on with the next one
-            self.epoch, self.skip = self.epoch + 1, 0
+        epoch, consumed = int(state["epoch"]), int(state["batches_consumed"])
+        if consumed >= len(self):  # saved at the end of an epoch: go on with the next one
+            epoch, consumed = epoch + 1, 0
+        self.epoch, self.resume_at = epoch, (epoch, consumed)
 
 
 class ResumableDataLoader(DataLoader):

@@ -81,3 +81,45 @@ class KillAtHook(pl.Callback):
         self.calls += 1
         if self.calls == self.n:
             die_once(trainer)
+
+
+class SignalAtHook(KillAtHook):
+    """Sends signal ``signum`` (a name: SIGTERM, SIGINT, SIGUSR1) to this process in hook ``hook``
+    at its ``n``-th call, once per run directory, as a scheduler or Ctrl-C would."""
+
+    def __init__(self, hook: str, n: int, signum: str, epoch: int | None = None):
+        super().__init__(hook, n, epoch)
+        self.signum = getattr(signal, signum)
+
+    def _count(self, trainer, *args, **kwargs) -> None:
+        if trainer.sanity_checking or (self.epoch is not None and trainer.current_epoch != self.epoch):
+            return
+        self.calls += 1
+        marker = Path(trainer.default_root_dir) / KILLED_MARKER
+        if self.calls == self.n and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), self.signum)
+
+
+class FillDiskAtStep(pl.Callback):
+    """Fills the filesystem of the run directory at training step ``step`` (a file of zeros until
+    the disk says it is full), so that the next write fails with ENOSPC."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step:
+            return
+        chunk = b"\0" * (64 * 1024)
+        with open(Path(trainer.default_root_dir) / "filler", "wb", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(chunk)
+            except OSError:
+                pass
+            try:
+                while True:
+                    handle.write(b"\0")
+            except OSError:
+                pass

@@ -91,7 +91,8 @@ def test_nan_loss_stops_the_run_and_records_why(cfg_factory, tmp_path, capsys):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "train/loss became nan" in metrics["error"]
     # step 10 went bad, and its periodic checkpoint was not written: the last good one is step 5's
-    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+    assert metrics["checkpoint"] == "checkpoints/last.ckpt"  # relative to the run directory
+    checkpoint = torch.load(tmp_path / metrics["checkpoint"], weights_only=True)
     assert checkpoint["global_step"] == 5
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
 
@@ -110,7 +111,7 @@ def test_nan_loss_read_back_lazily_still_stops_before_any_checkpoint_of_it(tmp_p
     assert code == 1
     assert "error: training failed: NonFiniteLossError: train/loss became nan at step 13 (epoch 0, batch 12)" in capsys.readouterr().err
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+    checkpoint = torch.load(tmp_path / metrics["checkpoint"], weights_only=True)
     assert checkpoint["global_step"] == 10  # step 15's save found the bad step 13 and was not written
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from latentbench.errors import ConfigError, first_line
 
@@ -78,3 +80,64 @@ def check_model_class(checkpoint: dict[str, Any], expected: type | tuple[type, .
         raise ConfigError(f"{key}: {path} holds a {recorded}, which cannot be imported (expected {names})") from None
     if not issubclass(cls, expected):
         raise ConfigError(f"{key}: {path} holds a {recorded} checkpoint, expected {names}")
+
+
+class DurableCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made durable where the checkpoint lives.
+
+    Lightning writes through fsspec, which stages a local file in the system temp dir and then
+    moves it: across filesystems (local /tmp, outputs on NFS or Lustre) that move is a copy in
+    place, which a kill can cut short, and a small /tmp fails runs with an error naming the wrong
+    disk. Here the bytes go to a temporary file in the checkpoint's own folder, are fsynced, and
+    replace the old file by one rename: a checkpoint on disk is always whole, the old or the new.
+    Remote URLs (``s3://``...) keep Lightning's own path.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        import io
+
+        from latentbench.run_dir import write_durably
+
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_durably(path, buffer.getbuffer())
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose saved state names files relative to its folder.
+
+    The stock callback stores absolute paths (best, last, top-k) and drops them on resume when the
+    folder differs: a run directory moved or copied elsewhere would then test a file of the old
+    folder, or lose track of its best checkpoint. Here the state holds file names, and a resume
+    reads them in the folder the callback writes to now. The state keeps ``ModelCheckpoint``'s key,
+    so checkpoints of either class restore each other's state.
+    """
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            state[key] = Path(state[key]).name if state.get(key) else state.get(key)
+        state["best_k_models"] = {Path(path).name: score for path, score in (state.get("best_k_models") or {}).items()}
+        state["dirpath"] = "."
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        folder = Path(self.dirpath) if self.dirpath else None
+        if folder is None:
+            return super().load_state_dict(state_dict)
+
+        def here(path: str) -> str:
+            return str(folder / Path(path).name) if path else path
+
+        state = dict(state_dict, dirpath=self.dirpath)
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in state:
+                state[key] = here(state[key])
+        state["best_k_models"] = {here(path): score for path, score in (state.get("best_k_models") or {}).items()}
+        super().load_state_dict(state)

@@ -98,68 +98,6 @@ def quote_numeric_choices(args: list[str]) -> list[str]:
     return quoted
 
 
-RESUME_KEYS = ("resume=", "hydra.run.dir=")
-
-
-def split_resume(args: list[str]) -> tuple[str | None, list[str]]:
-    """``(value of resume=..., the other arguments)``."""
-    value = None
-    rest = []
-    for arg in args:
-        if arg.startswith("resume="):
-            value = arg.partition("=")[2]
-        else:
-            rest.append(arg)
-    return (value if value not in ("", "null", "None") else None), rest
-
-
-def saved_overrides(run_dir: Path) -> list[str]:
-    """The overrides a run was started with, without the ones a resume adds."""
-    import yaml
-
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    if not overrides_file.is_file():
-        raise ConfigError(f"resume: {run_dir} is not a latentbench run directory (no .hydra/overrides.yaml)")
-    return [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not o.startswith(RESUME_KEYS)]
-
-
-def unfinished_run_with(overrides: list[str], log_dir: Path) -> Path | None:
-    """The newest run under ``log_dir`` started with ``overrides`` that has a last.ckpt and did not finish."""
-    candidates = []
-    for overrides_file in log_dir.glob("*/.hydra/overrides.yaml"):
-        run_dir = overrides_file.parents[1]
-        last = run_dir / "checkpoints" / "last.ckpt"
-        run_file = run_dir / "run.json"
-        finished = run_file.is_file() and json.loads(run_file.read_text()).get("status") == "finished"
-        if last.is_file() and not finished and saved_overrides(run_dir) == overrides:
-            candidates.append((last.stat().st_mtime, run_dir))
-    return max(candidates)[1] if candidates else None
-
-
-def expand_resume(args: list[str]) -> list[str]:
-    """``resume=<run dir>`` -> that run's own overrides + ``hydra.run.dir=<run dir> resume=<run dir>``.
-
-    ``resume=auto`` does the same for the newest unfinished run with the same overrides, and
-    starts a fresh run when there is none.
-    """
-    value, rest = split_resume(args)
-    if value is None:
-        return args
-    if value == "auto":
-        log_dir = Path(next((a.partition("=")[2] for a in rest if a.startswith("paths.log_dir=")), "outputs"))
-        found = unfinished_run_with([a for a in rest if not a.startswith(RESUME_KEYS)], log_dir)
-        if found is None:
-            print(f"resume=auto: no unfinished run with these overrides under {log_dir}; starting a new run", file=sys.stderr)
-            return rest
-        value = str(found)
-    run_dir = Path(value)
-    if not run_dir.is_dir():
-        raise ConfigError(f"resume: {run_dir} does not exist (expected a run directory such as outputs/<run name>)")
-    extra = [a for a in rest if a not in saved_overrides(run_dir)]
-    print(f"resuming {run_dir}", file=sys.stderr)
-    return [*saved_overrides(run_dir), *extra, f"hydra.run.dir={run_dir}", f"resume={run_dir}"]
-
-
 def run_train(args: list[str]) -> int:
     """Run Hydra on ``args`` (overrides and Hydra flags) with the training task; 0 when every job succeeded.
 
@@ -169,9 +107,15 @@ def run_train(args: list[str]) -> int:
     from hydra._internal.utils import _run_hydra, get_args_parser
 
     from latentbench.sweep import safe_overrides
-    from latentbench.train import TrainingFailed, objective, record_failure, train
+    from latentbench.resume import NothingToResume, expand_resume
+    from latentbench.run_dir import RunDir
+    from latentbench.train import RunInterrupted, TrainingFailed, objective, record_failure, train
 
-    args = expand_resume(quote_numeric_choices(safe_overrides(args)))
+    try:
+        args = expand_resume(quote_numeric_choices(safe_overrides(args)))
+    except NothingToResume as nothing:
+        print(nothing, file=sys.stderr)
+        return 0
     preflight(args)
     failures: list[int] = []  # exit code of each failed job
 
@@ -188,7 +132,7 @@ def run_train(args: list[str]) -> int:
             print(f"error: {error}", file=sys.stderr)
             if multirun:  # a sweep's trial with bad hyperparameters: recorded as failed, the sweep goes on
                 try:
-                    record_failure(Path(cfg.paths.output_dir), cfg, error)
+                    record_failure(RunDir(cfg.paths.output_dir), cfg, error)
                 except Exception:  # noqa: BLE001 (a config too broken to name its output dir or seed)
                     pass
             failures.append(2)
@@ -212,6 +156,8 @@ def run_train(args: list[str]) -> int:
         )
     except SystemExit as exit_:  # --help, --cfg and Hydra's own errors end with sys.exit
         return exit_.code if isinstance(exit_.code, int) else 1
+    except RunInterrupted as interrupted:  # a signal: the run saved its state; a multirun stops here too
+        return interrupted.exit_code
     return max(failures, default=0)
 
 

@@ -130,14 +130,17 @@ def save_images(images: torch.Tensor, requests: list | None, per_condition: int,
 
 def log_to_wandb(checkpoint_path: str, grid: np.ndarray, caption: str) -> str | None:
     """Log the grid to the W&B run of the training run that wrote the checkpoint, if it had one."""
-    run_dir = Path(checkpoint_path).resolve().parent.parent
-    run_file = run_dir / "run.json"
-    run_id = json.loads(run_file.read_text()).get("wandb_run_id") if run_file.is_file() else None
-    if not run_id:
-        return None
+    from latentbench.run_dir import RunDir, RunDirError
     from latentbench.tracking import make_wandb_logger
 
-    logger = make_wandb_logger(str(run_dir), run_id=run_id)
+    try:
+        run = RunDir.containing(checkpoint_path)
+        run_id = run.wandb_run_id()
+    except RunDirError:  # a checkpoint outside a run directory (copied alone): nothing to log to
+        return None
+    if not run_id:
+        return None
+    logger = make_wandb_logger(str(run.path), run_id=run_id)
     logger.log_image(key="samples/grid", images=[grid], caption=[caption])
     logger.experiment.finish()
     return run_id

@@ -15,11 +15,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentbench.callbacks import BestValidationMetrics, RngStateCheckpoint, StopOnNonFiniteLoss
-from latentbench.checkpoints import ModelClassInCheckpoint, read_checkpoint
+from latentbench.checkpoints import DurableCheckpointIO, ModelClassInCheckpoint, read_checkpoint
 from latentbench.config_check import check_config
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
-from latentbench.tracking import git_commit, log_run_artifacts, scrub, scrub_files, wandb_loggers, write_metrics_json
+from latentbench.run_dir import RunDir
+from latentbench.tracking import git_commit, log_run_artifacts, scrub, scrub_files, wandb_loggers
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
         deterministic=cfg.deterministic,
         default_root_dir=cfg.paths.output_dir,
         enable_progress_bar=interactive,
+        plugins=[DurableCheckpointIO()],
     )
     return {"datamodule": datamodule, "model": model, "trainer": trainer, "loggers": loggers, "callbacks": callbacks}
 
@@ -212,25 +214,43 @@ class TrainingFailed(RuntimeError):
     """A run stopped by an error during training or testing; ``metrics.json`` records why."""
 
 
-def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """The ``last.ckpt`` to continue from when ``resume`` names this run's directory, else None."""
+class RunInterrupted(BaseException):
+    """A run stopped by a signal (SIGTERM, SIGINT, SIGUSR1) after saving ``last.ckpt``.
+
+    A BaseException, like KeyboardInterrupt: it must end a Hydra multirun too, not only its job.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+
+
+def resume_checkpoint(cfg: DictConfig, run: RunDir) -> str | None:
+    """The ``last.ckpt`` to continue from when ``resume`` names this run's directory, else None.
+
+    A run killed before its first checkpoint has nothing to continue from: it starts again from
+    step 0, in the same directory and W&B run, which gives the same result.
+    """
     if not cfg.get("resume"):
         return None
-    checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if not checkpoint.is_file():
-        raise ConfigError(f"resume: {cfg.paths.output_dir} has no checkpoints/last.ckpt to resume from")
+    if not run.last_checkpoint.is_file():
+        log.warning("resume: %s has no checkpoint yet; starting the run again from its first step", run.path)
+        return None
     from hydra.utils import get_class
 
-    read_checkpoint(checkpoint, "resume", expected=get_class(cfg.model._target_))
-    return str(checkpoint)
+    read_checkpoint(run.last_checkpoint, "resume", expected=get_class(cfg.model._target_))
+    return str(run.last_checkpoint)
 
 
-def reuse_wandb_run(cfg: DictConfig) -> None:
+def reuse_wandb_run(cfg: DictConfig, run: RunDir) -> None:
     """On resume, log to the W&B run the interrupted run started (its id is in ``run.json``)."""
-    run_file = Path(cfg.paths.output_dir) / "run.json"
-    if not cfg.get("resume") or not run_file.is_file() or "wandb" not in (cfg.get("logger") or {}):
+    if not cfg.get("resume") or "wandb" not in (cfg.get("logger") or {}):
         return
-    info = json.loads(run_file.read_text())
+    info = run.info()
     if info.get("wandb_run_id"):
         wait_for_wandb_service_of(info.get("pid"))
         # A W&B service inherited from a parent process (WANDB_SERVICE, set by any process that ran
@@ -269,30 +289,21 @@ def process_command_lines() -> list[bytes]:
     return lines
 
 
-def write_run_info(output_dir: Path, cfg: DictConfig, objects: dict[str, Any], status: str) -> None:
-    """``run.json``: status and W&B run id, written when a run starts so that a resume can find them."""
-    info = {"status": status, "seed": int(cfg.seed), "git_commit": git_commit(), "pid": os.getpid()}
+def wandb_run_id_of(objects: dict[str, Any]) -> str | None:
     for logger in wandb_loggers(objects["loggers"]):
-        info["wandb_run_id"] = logger.experiment.id
-    write_metrics_json(output_dir / "run.json", info)
+        return logger.experiment.id
+    return None
 
 
-def last_good_checkpoint(output_dir: Path) -> str | None:
-    checkpoint = output_dir / "checkpoints" / "last.ckpt"
-    return str(checkpoint) if checkpoint.is_file() else None
-
-
-def record_failure(output_dir: Path, cfg: DictConfig, error: BaseException) -> str:
-    """Write ``metrics.json`` with ``status: failed`` and the reason; return the one-line reason."""
+def record_failure(run: RunDir, cfg: DictConfig, error: BaseException) -> str:
+    """Mark the run failed with the reason (a finished run's results are kept); return the reason."""
     reason = f"{type(error).__name__}: {first_line(error)}"
-    write_metrics_json(output_dir / "metrics.json", {
-        "status": "failed",
-        "error": reason,
-        "seed": int(cfg.seed),
-        "git_commit": git_commit(),
-        "checkpoint": last_good_checkpoint(output_dir),
-    })
+    run.record_failure(reason, seed=int(cfg.seed), git_commit=git_commit())
     return reason
+
+
+def resume_command(run: RunDir) -> str:
+    return f"latentbench train resume={run.path}"
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -300,49 +311,135 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Raises ConfigError for a bad config or input (before any step), TrainingFailed for an error
     during training (``metrics.json`` then says ``status: failed``, the reason and the last good
-    checkpoint).
+    checkpoint), RunInterrupted for SIGTERM/SIGINT/SIGUSR1 (``last.ckpt`` saved at the current
+    step, ``run.json`` says ``interrupted``).
     """
     check_config(cfg)  # before seeding, so that a bad seed is reported as such
-    ckpt_path = resume_checkpoint(cfg)
-    reuse_wandb_run(cfg)
+    run = RunDir(cfg.paths.output_dir)
+    ckpt_path = resume_checkpoint(cfg, run)
+    reuse_wandb_run(cfg, run)
     pl.seed_everything(cfg.seed, workers=True)  # before building: the seed fixes the initial weights
     objects = build_run(cfg)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     trainer, datamodule = objects["trainer"], objects["datamodule"]
     model = apply_compile(objects["model"], cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    rank_zero = trainer.is_global_zero
+    if rank_zero:
+        run.acquire_lock()
     failed = True
     try:
-        if trainer.is_global_zero:
-            write_run_info(output_dir, cfg, objects, "running")
-        scrub_files(sorted((output_dir / ".hydra").glob("*.yaml")))
-        for logger in objects["loggers"]:
-            logger.log_hyperparams(scrub(OmegaConf.to_container(cfg, resolve=True)))
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=True)
-        metrics = collect_metrics(cfg, trainer, test_results, objects)
-        if trainer.is_global_zero:
-            write_metrics_json(output_dir / "metrics.json", metrics)
+        with InterruptSignals() as signals:
+            if rank_zero:
+                run.reserve_space()
+                run.start(int(cfg.seed), git_commit(), wandb_run_id_of(objects))
+            scrub_files(sorted(run.hydra_dir.glob("*.yaml")))
+            for logger in objects["loggers"]:
+                logger.log_hyperparams(scrub(OmegaConf.to_container(cfg, resolve=True)))
+            trainer.callbacks.append(SaveOnInterrupt(signals, str(run.last_checkpoint)))
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=True)
+            metrics = collect_metrics(cfg, trainer, test_results, objects)
+        if rank_zero:
+            run.write_metrics(metrics)
             try:
-                log_run_artifacts(objects["loggers"], output_dir, metrics.get("checkpoint"), metrics)
+                log_run_artifacts(objects["loggers"], run.path, metrics.get("checkpoint"), metrics)
             except Exception as error:  # the run has finished: an upload problem must not mark it failed
                 log.warning("W&B artifacts not logged: %s", first_line(error))
-            write_run_info(output_dir, cfg, objects, "finished")
-            log.info("metrics: %s", output_dir / "metrics.json")
+            run.mark("finished", error=None, last_attempt=None)
+            log.info("metrics: %s", run.metrics_file)
         failed = False
         return metrics
+    except RunInterrupted as interrupted:
+        if rank_zero:
+            run.mark("interrupted", signal=signal_name(interrupted.signum), checkpoint=run.relative(run.last_checkpoint))
+            print(f"interrupted by {signal_name(interrupted.signum)}: saved {run.last_checkpoint}; continue with:\n"
+                  f"  {resume_command(run)}", file=sys.stderr)
+        raise
     except ConfigError:
-        if trainer.is_global_zero:
-            record_failure(output_dir, cfg, sys.exc_info()[1])
+        if rank_zero:
+            record_failure(run, cfg, sys.exc_info()[1])
         raise
     except Exception as error:
-        reason = record_failure(output_dir, cfg, error) if trainer.is_global_zero else first_line(error)
-        good = last_good_checkpoint(output_dir)
+        reason = record_failure(run, cfg, error) if rank_zero else first_line(error)
+        good = run.last_checkpoint if run.last_checkpoint.is_file() else None
         raise TrainingFailed(f"{reason} (last good checkpoint: {good or 'none'})") from error
     finally:
-        if trainer.is_global_zero:
+        if rank_zero:
             finish_loggers(objects["loggers"], failed)
+            run.release_reserve()
+            run.release_lock()
+
+
+INTERRUPT_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+class InterruptSignals:
+    """While active, SIGTERM, SIGINT and SIGUSR1 only note that they arrived (``received``);
+    :class:`SaveOnInterrupt` acts on it at the next safe point. The previous handlers come back on exit.
+
+    Lightning adds its own SIGTERM handler during ``fit`` and calls this one from it.
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _note(self, signum, frame) -> None:
+        if self.received is None:
+            print(f"{signal_name(signum)} received: saving last.ckpt at the end of this step", file=sys.stderr)
+        self.received = signum
+
+    def __enter__(self) -> "InterruptSignals":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in INTERRUPT_SIGNALS:
+                signum = getattr(signal, name)
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+class SaveOnInterrupt(pl.Callback):
+    """After a signal noted by :class:`InterruptSignals`: at the end of the current training step,
+    save ``last.ckpt`` and stop with :class:`RunInterrupted`. During validation the run stops at
+    the next batch; the checkpoint is then the one saved at the end of the last training step, so
+    the resumed run repeats that validation. During test (training is over) it stops at once."""
+
+    def __init__(self, signals: InterruptSignals, path: str):
+        self.signals, self.path = signals, path
+
+    def _stop(self, trainer: pl.Trainer, save: bool) -> None:
+        signum = self.signals.received
+        if signum is None:
+            return
+        if save:
+            trainer.save_checkpoint(self.path)
+        raise RunInterrupted(signum, f"interrupted by {signal_name(signum)} at step {trainer.global_step}")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._stop(trainer, save=False)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop(trainer, save=True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop(trainer, save=False)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop(trainer, save=False)
 
 
 def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:

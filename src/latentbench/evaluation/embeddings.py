@@ -175,19 +175,12 @@ def side_by_side_image(panels: list[tuple[np.ndarray, np.ndarray, str]], point_s
 
 def run_checkpoint(run_dir: Path) -> Path:
     """The checkpoint a run was tested with (``metrics.json``'s ``checkpoint``), else ``checkpoints/last.ckpt``."""
-    import json
+    from latentbench.run_dir import RunDir, RunDirError
 
-    from latentbench.errors import ConfigError
-
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
-        recorded = json.loads(metrics_file.read_text()).get("checkpoint")
-        if recorded and Path(recorded).is_file():
-            return Path(recorded)
-    for candidate in sorted((run_dir / "checkpoints").glob("best*.ckpt")) + [run_dir / "checkpoints" / "last.ckpt"]:
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"{run_dir}: no checkpoint found (expected metrics.json's checkpoint or checkpoints/*.ckpt)")
+    checkpoint = RunDir(run_dir).tested_checkpoint()
+    if checkpoint is None:
+        raise RunDirError(f"{run_dir}: no checkpoint found (expected metrics.json's checkpoint or checkpoints/*.ckpt)")
+    return checkpoint
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, Any, Any]:

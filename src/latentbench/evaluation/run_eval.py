@@ -18,40 +18,33 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from latentbench.errors import ConfigError
+from latentbench.errors import ConfigError, first_line
+from latentbench.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 USAGE = "usage: latentbench eval checkpoint=<path to .ckpt> [overrides, e.g. metrics.fid.checkpoint=<classifier ckpt>]"
 
 
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory holding ``checkpoint`` (the first parent with ``.hydra/config.yaml``)."""
-    for parent in checkpoint.resolve().parents:
-        if (parent / ".hydra" / "config.yaml").is_file():
-            return parent
-    raise ConfigError(f"checkpoint: {checkpoint} is not inside a latentbench run directory (no .hydra/config.yaml above it)")
-
-
-def eval_config(checkpoint: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
+def eval_config(checkpoint: Path, overrides: list[str]) -> tuple[DictConfig, RunDir]:
     """The run's config with ``overrides`` applied, writing into the run directory."""
-    from latentbench.cli import RESUME_KEYS, preflight, saved_overrides
+    from latentbench.cli import preflight
     from latentbench.compose import compose_run_config
+    from latentbench.resume import recorded_overrides
 
-    run_dir = run_dir_of(checkpoint)
-    saved = [o for o in saved_overrides(run_dir) if not o.startswith(RESUME_KEYS)]
+    run = RunDir.containing(checkpoint)
+    run.metrics()  # a corrupt metrics.json is named now, not after the evaluation
+    saved = recorded_overrides(run)
     preflight([*saved, *overrides])
-    cfg = compose_run_config([*saved, *overrides], run_dir)
-    recorded = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg = compose_run_config([*saved, *overrides], run.path)
     with open_dict(cfg):
-        cfg.model = recorded.model  # the architecture the checkpoint was trained with
-    return cfg, run_dir
+        cfg.model = run.recorded_config().model  # the architecture the checkpoint was trained with
+    return cfg, run
 
 
-def use_recorded_wandb_run(cfg: DictConfig, run_dir: Path) -> str | None:
+def use_recorded_wandb_run(cfg: DictConfig, run: RunDir) -> str | None:
     """Log to the run's W&B run when ``run.json`` names one; no logger otherwise. Returns the id."""
-    run_file = run_dir / "run.json"
-    run_id = json.loads(run_file.read_text()).get("wandb_run_id") if run_file.is_file() else None
+    run_id = run.wandb_run_id()
     with open_dict(cfg):
         if run_id and "wandb" in (cfg.get("logger") or {}):
             cfg.logger = {"wandb": cfg.logger.wandb}
@@ -66,20 +59,27 @@ def evaluate(checkpoint: str | Path, overrides: list[str]) -> dict[str, Any]:
     """Test ``checkpoint`` with its run's config + ``overrides``; merge the results into ``metrics.json``."""
     import pytorch_lightning as pl
 
-    from latentbench.tracking import git_commit, wandb_loggers, write_metrics_json
+    from hydra.utils import get_class
+
+    from latentbench.checkpoints import read_checkpoint
+    from latentbench.tracking import git_commit, wandb_loggers
     from latentbench.train import build_run, finish_loggers
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint: {checkpoint} does not exist")
-    cfg, run_dir = eval_config(checkpoint, overrides)
-    run_id = use_recorded_wandb_run(cfg, run_dir)
+    cfg, run = eval_config(checkpoint, overrides)
+    read_checkpoint(checkpoint, "checkpoint", expected=get_class(cfg.model._target_))
+    run_id = use_recorded_wandb_run(cfg, run)
     pl.seed_everything(cfg.seed, workers=True)
     objects = build_run(cfg)
     trainer = objects["trainer"]
     failed = True
     try:
-        results = trainer.test(objects["model"], datamodule=objects["datamodule"], ckpt_path=str(checkpoint), weights_only=False)
+        try:
+            results = trainer.test(objects["model"], datamodule=objects["datamodule"], ckpt_path=str(checkpoint), weights_only=True)
+        except RuntimeError as error:  # e.g. a checkpoint of another data shape: size mismatch for <param>
+            raise ConfigError(f"checkpoint: {checkpoint} does not fit this run's model and data ({mismatch_line(error)})") from None
         values = {k: float(v) for result in results for k, v in result.items()}
         for logger in wandb_loggers(objects["loggers"]):
             logger.experiment.summary.update({f"eval/{k}": v for k, v in values.items()})
@@ -89,19 +89,24 @@ def evaluate(checkpoint: str | Path, overrides: list[str]) -> dict[str, Any]:
             finish_loggers(objects["loggers"], failed)
     section = {
         **values,
-        "checkpoint": str(checkpoint),
+        "checkpoint": run.relative(checkpoint),
         "overrides": list(overrides),
         "git_commit": git_commit(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wandb_run_id": run_id,
     }
-    metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    metrics["eval"] = section
     if trainer.is_global_zero:
-        write_metrics_json(metrics_file, metrics)
-        log.info("eval metrics: %s (eval section)", metrics_file)
+        run.add_eval_section(section)
+        log.info("eval metrics: %s (eval section)", run.metrics_file)
     return section
+
+
+def mismatch_line(error: BaseException) -> str:
+    """The first ``size mismatch for ...`` line of a load_state_dict error, else its first line."""
+    for line in str(error).splitlines():
+        if "size mismatch" in line or "Missing key" in line or "Unexpected key" in line:
+            return line.strip().rstrip(".")[:200]
+    return first_line(error)[:200]
 
 
 def main(args: list[str]) -> int:

@@ -140,17 +140,12 @@ def resolve_checkpoint(path: str) -> str:
     Lets a user write ``...checkpoint=outputs/<run>`` instead of quoting ``best-epoch=003.ckpt``,
     whose ``=`` Hydra's override grammar would otherwise refuse.
     """
-    run = Path(path)
-    if not run.is_dir():
-        return path
-    metrics = run / "metrics.json"
-    if metrics.is_file():
-        import json
+    from latentbench.run_dir import RunDir
 
-        best = json.loads(metrics.read_text()).get("checkpoint")
-        if best and Path(best).is_file():
-            return best
-    return str(run / "checkpoints" / "last.ckpt")
+    run = RunDir(path)
+    if not run.path.is_dir():
+        return path
+    return str(run.tested_checkpoint() or run.last_checkpoint)
 
 
 def load_first_stage(spec: dict[str, Any]) -> tuple[AutoencoderKL | None, dict[str, Any]]:

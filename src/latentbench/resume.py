@@ -1,0 +1,160 @@
+"""``latentbench train resume=<run dir>``: continue a run as the same run.
+
+A resumed run is the run it continues: its own overrides, its directory, its W&B run. Overrides
+given with ``resume=`` are refused unless they cannot change what the result means (the
+:data:`RESUME_SAFE` keys: more epochs or steps, where logs go, how many devices and loader
+workers, how often ``last.ckpt`` is written). Nothing is recorded that is not applied: an
+accepted override replaces the recorded one in ``.hydra/overrides.yaml``.
+
+A finished run is left alone (its results say so) unless the resume extends it with a larger
+``trainer.max_epochs`` or ``trainer.max_steps``: then training continues from its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from pathlib import Path
+
+from latentbench.errors import ConfigError
+from latentbench.run_dir import RunDir, RunDirError
+
+RESUME_KEYS = ("resume=", "hydra.run.dir=")
+EXTENDING_KEYS = ("trainer.max_epochs", "trainer.max_steps")
+RESUME_SAFE = (*EXTENDING_KEYS, "logger", "logger.*", "trainer.devices", "trainer.num_nodes", "data.num_workers",
+               "callbacks.periodic_checkpoint.*", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
+               "hydra.*", "hydra/launcher")
+
+
+class NothingToResume(Exception):
+    """The run named by ``resume=`` has finished and the resume does not extend it."""
+
+
+def override_key(override: str) -> str:
+    """``trainer.max_epochs`` for ``trainer.max_epochs=5`` (also ``+key=...``, ``~key``)."""
+    return override.lstrip("+~").partition("=")[0]
+
+
+def split_resume(args: list[str]) -> tuple[str | None, list[str]]:
+    """``(value of resume=..., the other arguments)``."""
+    value = None
+    rest = []
+    for arg in args:
+        if arg.startswith("resume="):
+            value = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    return (value if value not in ("", "null", "None") else None), rest
+
+
+def recorded_overrides(run: RunDir) -> list[str]:
+    """The overrides a run was started with (and extended by), without the ones a resume adds."""
+    return [o for o in run.overrides() if not o.startswith(RESUME_KEYS)]
+
+
+def unfinished_run_with(overrides: list[str], log_dir: Path) -> Path | None:
+    """The newest run under ``log_dir`` started with ``overrides`` that has a last.ckpt and did not finish."""
+    candidates = []
+    for overrides_file in log_dir.glob("*/.hydra/overrides.yaml"):
+        run = RunDir(overrides_file.parents[1])
+        try:
+            if run.last_checkpoint.is_file() and run.status() != "finished" and recorded_overrides(run) == overrides:
+                candidates.append((run.last_checkpoint.stat().st_mtime, run.path))
+        except RunDirError:  # an unreadable run is not the one to continue
+            continue
+    return max(candidates)[1] if candidates else None
+
+
+def recorded_number(overrides: list[str], run: RunDir, key: str) -> int | None:
+    """The value of ``key`` (``trainer.max_epochs``) in the recorded overrides, else in the recorded config."""
+    for override in overrides:
+        if override_key(override) == key:
+            value = override.partition("=")[2]
+            return int(value) if value.lstrip("-").isdigit() else None
+    node = run.recorded_config()
+    for part in key.split("."):
+        node = node.get(part) if node is not None else None
+    return int(node) if isinstance(node, int) else None
+
+
+def check_resume_overrides(run: RunDir, recorded: list[str], extra: list[str]) -> bool:
+    """Refuse overrides that would change the resumed run; return True when ``extra`` extends it."""
+    recorded_keys = {override_key(o): o for o in recorded}
+    extends = False
+    for override in extra:
+        key = override_key(override)
+        if not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUME_SAFE):
+            was = recorded_keys.get(key, "not set")
+            raise ConfigError(f"resume: {override} would change the run {run.path} (recorded: {was}); a resumed run keeps its "
+                              f"config; only {', '.join(RESUME_SAFE)} may be given with resume= (start a new run to change it)")
+        if key in EXTENDING_KEYS:
+            value = override.partition("=")[2]
+            before = recorded_number(recorded, run, key)
+            if not value.lstrip("-").isdigit():
+                raise ConfigError(f"resume: {override}: expected a whole number")
+            if before is not None and before != -1 and int(value) != -1 and int(value) < before:
+                raise ConfigError(f"resume: {override} is smaller than the run's {key}={before} (a resume can extend a run, not shorten it)")
+            extends = extends or before is None or int(value) == -1 or int(value) > before
+    return extends
+
+
+def merged(recorded: list[str], extra: list[str]) -> list[str]:
+    """``recorded`` with each override of the same key replaced by the one in ``extra``, new ones appended."""
+    replacements = {override_key(o): o for o in extra}
+    kept = [replacements.pop(override_key(o), o) for o in recorded]
+    return [*kept, *(o for o in extra if override_key(o) in replacements)]
+
+
+def finished_summary(run: RunDir) -> str:
+    metrics = run.finished_metrics() or {}
+    shown = [f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("test/") and isinstance(v, (int, float))][:3]
+    epochs = metrics.get("epochs")
+    return ", ".join([*(f"{epochs} epochs" for _ in [0] if epochs is not None), *shown])
+
+
+def expand_resume(args: list[str]) -> list[str]:
+    """``resume=<run dir>`` -> that run's own overrides + ``hydra.run.dir=<run dir> resume=<run dir>``.
+
+    ``resume=auto`` does the same for the newest unfinished run with the same overrides, and
+    starts a fresh run when there is none. Raises NothingToResume for a finished run that the
+    arguments do not extend, ConfigError for a refused override or a run in use.
+    """
+    value, rest = split_resume(args)
+    if value is None:
+        refuse_run_dir_in_use(args)
+        return args
+    if value == "auto":
+        log_dir = Path(next((a.partition("=")[2] for a in rest if a.startswith("paths.log_dir=")), "outputs"))
+        found = unfinished_run_with([a for a in rest if not a.startswith(RESUME_KEYS)], log_dir)
+        if found is None:
+            print(f"resume=auto: no unfinished run with these overrides under {log_dir}; starting a new run", file=sys.stderr)
+            return rest
+        value = str(found)
+        rest = []  # the run's own overrides, which these equal
+    run = RunDir(value).require_run("resume")
+    recorded = recorded_overrides(run)
+    extra = [a for a in rest if a not in recorded]
+    extends = check_resume_overrides(run, recorded, extra)
+    status = run.status()
+    if status == "finished" and not extends:
+        raise NothingToResume(f"resume: {run.path} has finished ({finished_summary(run)}); nothing to do. "
+                              f"To train it further, give a larger trainer.max_epochs or trainer.max_steps with resume=")
+    run.acquire_lock()  # refused now, before Hydra rewrites the run's config files
+    run.release_lock()
+    print(f"resuming {run.path}" + (" (extending a finished run)" if status == "finished" else ""), file=sys.stderr)
+    return [*merged(recorded, extra), f"hydra.run.dir={run.path}", f"resume={run.path}"]
+
+
+def refuse_run_dir_in_use(args: list[str]) -> None:
+    """A new run given an explicit ``hydra.run.dir`` that another process writes, or that holds a
+    finished run, is refused before Hydra writes anything into it."""
+    run_dir = next((a.partition("=")[2] for a in args if a.startswith("hydra.run.dir=")), None)
+    if not run_dir or any(a in ("-m", "--multirun") for a in args):
+        return
+    run = RunDir(run_dir)
+    if run.lock_file.exists():
+        run.acquire_lock()
+        run.release_lock()
+    if run.finished_metrics() is not None:
+        raise RunDirError(f"hydra.run.dir: {run.path} holds a finished run; a new run there would replace its results "
+                          f"(continue it with resume={run.path}, or pick another directory)")

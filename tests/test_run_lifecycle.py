@@ -1,0 +1,178 @@
+"""The run's life: status on disk, resume as the same run, signals, one writer, durable writes, moved runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+import torch
+
+from latentbench.run_dir import RunDir
+from tests.conftest import run_cli
+
+# Digits AE, 2 epochs of 21 batches; a periodic last.ckpt every 5 steps.
+RUN = ["model=ae", "trainer=cpu", "trainer.max_epochs=2", "deterministic=true", "logger=none",
+       "callbacks.periodic_checkpoint.every_n_steps=5", "callbacks.embedding_plot.methods=[pca]"]
+COMPARED = ("test/recon_sse", "test/mse", "best_val/loss", "global_step", "epochs")
+
+
+def train_into(run_dir, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_cli("train", *RUN, *extra, f"hydra.run.dir={run_dir}", env=env)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished run (read-only for the tests: copy it to change it)."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    result = train_into(run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+def copy_of(run_dir, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def snapshot(run_dir) -> dict[str, bytes]:
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_records_its_status_and_relative_paths(finished):
+    run = RunDir(finished)
+    metrics, info = run.metrics(), run.info()
+    assert metrics["status"] == info["status"] == "finished"
+    assert metrics["checkpoint"] == "checkpoints/best-epoch=001.ckpt"
+    assert info["pid"] and info["host"] == socket.gethostname()
+    assert not run.lock_file.exists() and not run.reserve_file.exists()
+
+
+@pytest.mark.parametrize("override", ["model.latent_dim=8", "model.optimizer.lr=0.1", "seed=7", "data.batch_size=32",
+                                      "+model.foo=1", "trainer.max_epochs=1"])
+def test_resume_refuses_overrides_that_change_the_run_and_changes_nothing(finished, tmp_path, override):
+    run_dir = copy_of(finished, tmp_path)
+    before = snapshot(run_dir)
+    result = run_cli("train", f"resume={run_dir}", override)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: resume: {override}"), last
+    assert "Traceback" not in result.stderr
+    assert snapshot(run_dir) == before  # metrics.json, run.json, the recorded config: untouched
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(finished, tmp_path):
+    run_dir = copy_of(finished, tmp_path)
+    before = snapshot(run_dir)
+    result = run_cli("train", f"resume={run_dir}", "logger=none")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resume: {run_dir} has finished (2 epochs, test/" in result.stderr
+    assert "nothing to do" in result.stderr
+    assert snapshot(run_dir) == before
+
+
+def test_a_resume_with_more_epochs_extends_a_finished_run(finished, tmp_path):
+    run_dir = copy_of(finished, tmp_path / "moved")  # moved as well: the copy resumes from its own files
+    result = run_cli("train", f"resume={run_dir}", "trainer.max_epochs=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = RunDir(run_dir).metrics()
+    assert (metrics["status"], metrics["epochs"], metrics["global_step"]) == ("finished", 3, 63)
+    recorded = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert recorded.count("trainer.max_epochs") == 1 and "trainer.max_epochs=3" in recorded  # applied, and recorded once
+    assert (run_dir / metrics["checkpoint"]).is_file()
+
+
+def test_a_new_run_into_a_finished_runs_directory_is_refused(finished, tmp_path):
+    run_dir = copy_of(finished, tmp_path)
+    before = snapshot(run_dir)
+    result = train_into(run_dir)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: hydra.run.dir: {run_dir} holds a finished run; a new run there would replace its results "
+        f"(continue it with resume={run_dir}, or pick another directory)")
+    assert snapshot(run_dir) == before
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = train_into(run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return RunDir(run_dir).metrics()
+
+
+@pytest.mark.parametrize(("signum", "code", "hook"), [("SIGTERM", 143, "train_batch_end"), ("SIGINT", 130, "train_batch_end"),
+                                                      ("SIGUSR1", 138, "train_batch_end"), ("SIGTERM", 143, "validation_batch_end")])
+def test_a_signal_saves_last_ckpt_marks_the_run_interrupted_and_resumes_exactly(uninterrupted, tmp_path, signum, code, hook):
+    run_dir = tmp_path / "run"
+    n = 8 if hook == "train_batch_end" else 2  # step 8 (last save at 5), or the 2nd validation batch of epoch 0
+    result = train_into(run_dir, "+callbacks.signal._target_=tests.helpers.SignalAtHook", f"+callbacks.signal.hook={hook}",
+                        f"+callbacks.signal.n={n}", f"+callbacks.signal.signum={signum}", "+callbacks.signal.epoch=0")
+    assert result.returncode == code, result.stderr[-2000:]
+    assert f"interrupted by {signum}: saved {run_dir}/checkpoints/last.ckpt; continue with:" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].strip() == f"latentbench train resume={run_dir}"
+    run = RunDir(run_dir)
+    assert run.info()["status"] == "interrupted" and run.status() == "interrupted"
+    assert not run.metrics_file.exists() and not run.lock_file.exists()
+    saved_step = torch.load(run.last_checkpoint, weights_only=True)["global_step"]
+    assert saved_step == (8 if hook == "train_batch_end" else 20)  # the step it was at, or the last save before validation
+    resumed = run_cli("train", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = run.metrics()
+    assert {k: metrics[k] for k in COMPARED} == {k: uninterrupted[k] for k in COMPARED}
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+    result = train_into(run_dir)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {run_dir} is in use by process {os.getpid()} on {socket.gethostname()} since now "
+        f"(one writer per run; if that process is gone, delete {run_dir}/.lock)")
+    assert not (run_dir / ".hydra").exists()  # refused before anything was written
+    dead = subprocess.run(["true"]).args and subprocess.Popen(["true"])
+    dead.wait()
+    (run_dir / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "then"}))
+    result = train_into(run_dir, "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert RunDir(run_dir).status() == "finished" and not (run_dir / ".lock").exists()
+
+
+def test_checkpoints_do_not_go_through_the_system_temp_dir(tmp_path):
+    """Lightning stages checkpoints in the temp dir and moves them (a copy across filesystems);
+    ours are written beside their final place: a missing TMPDIR does not matter."""
+    run_dir = tmp_path / "run"
+    result = train_into(run_dir, "trainer.max_epochs=1", env={"TMPDIR": str(tmp_path / "no-such-dir")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 21
+    assert not list(run_dir.rglob(".*.tmp-*"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (root only: skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_in_one_line_and_keeps_the_last_good_checkpoint(small_disk):
+    run_dir = small_disk / "run"
+    result = train_into(run_dir, "+callbacks.fill._target_=tests.helpers.FillDiskAtStep", "+callbacks.fill.step=7")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: cannot write {run_dir}/checkpoints/last.ckpt: No space left on device"
+    metrics = RunDir(run_dir).metrics()
+    assert metrics["status"] == "failed" and "No space left on device" in metrics["error"]
+    assert metrics["checkpoint"] == "checkpoints/last.ckpt"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert not list(run_dir.rglob(".*.tmp-*"))

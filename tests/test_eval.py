@@ -17,7 +17,8 @@ def test_eval_recomputes_test_metrics_and_adds_fid(tmp_path, classifier_ckpt):  
     assert main(["train", *COMMON, "logger=none", f"hydra.run.dir={run}"]) == 0
     original = json.loads((run / "metrics.json").read_text())
     assert "test/fid_domain" not in original
-    assert main(["eval", f"checkpoint={original['checkpoint']}", f"metrics.fid.checkpoint={classifier_ckpt}",
+    assert original["checkpoint"] == "checkpoints/best-epoch=000.ckpt"  # relative to the run directory
+    assert main(["eval", f"checkpoint={run / original['checkpoint']}", f"metrics.fid.checkpoint={classifier_ckpt}",
                  "metrics.fid.num_images=100"]) == 0
     merged = json.loads((run / "metrics.json").read_text())
     assert {k: v for k, v in merged.items() if k != "eval"} == original  # originals kept
@@ -30,7 +31,7 @@ def test_eval_logs_to_the_runs_wandb_run(tmp_path):
     run = tmp_path / "run"
     assert main(["train", *COMMON, "logger=wandb", f"hydra.run.dir={run}"]) == 0
     run_id = json.loads((run / "run.json").read_text())["wandb_run_id"]
-    checkpoint = json.loads((run / "metrics.json").read_text())["checkpoint"]
+    checkpoint = run / json.loads((run / "metrics.json").read_text())["checkpoint"]
     assert main(["eval", f"checkpoint={checkpoint}"]) == 0
     assert json.loads((run / "metrics.json").read_text())["eval"]["wandb_run_id"] == run_id
     assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # the training and the eval session of one run

@@ -64,6 +64,9 @@ class Run:
 # ----------------------------------------------------------------------------- collecting runs
 
 
+UNREADABLE = "unreadable"  # a run whose files cannot be read: left out of the table, counted under it
+
+
 def load_config(path: Path) -> dict[str, Any]:
     """``.hydra/config.yaml`` as a nested dict; interpolations resolved where they can be offline."""
     from omegaconf import OmegaConf
@@ -154,20 +157,31 @@ def collect_local(root: Path) -> list[Run]:
     """Every run directory below ``root`` (a folder with ``.hydra/config.yaml``)."""
     if not root.exists():
         raise ConfigError(f"report: {root} does not exist (expected a run directory, a multirun directory or outputs/)")
+    from latentbench.run_dir import RunDir, RunDirError
+
     runs = []
     for config_file in sorted(root.rglob(".hydra/config.yaml")):
-        run_dir = config_file.parents[1]
-        config = load_config(config_file)
-        config.setdefault("choices", hydra_choices(run_dir / ".hydra" / "hydra.yaml"))
-        metrics_file = run_dir / "metrics.json"
-        if metrics_file.is_file():
-            metrics = json.loads(metrics_file.read_text())
-            status = metrics.get("status", "finished")
-            error = metrics.get("error", "")
+        run = RunDir(config_file.parents[1])
+        name = run.path.relative_to(root).as_posix() if run.path != root else run.path.name
+        try:
+            config = load_config(config_file)
+            config.setdefault("choices", hydra_choices(run.hydra_dir / "hydra.yaml"))
+            metrics = run.metrics()
+            status = run.status()
+        except RunDirError as error:
+            runs.append(Run(name, {}, {}, UNREADABLE, str(error), run.path))
+            continue
+        except Exception as error:  # noqa: BLE001 (a config.yaml that YAML or OmegaConf cannot read)
+            runs.append(Run(name, {}, {}, UNREADABLE, f"{config_file}: cannot be read ({first_line(error)})", run.path))
+            continue
+        if metrics is not None:
+            status = metrics.get("status", "finished") if status in (None, "running") else status
+            error = metrics.get("error") or ""
         else:
-            metrics, status, error = {}, "missing", "no metrics.json (killed, or still running)"
-        name = run_dir.relative_to(root).as_posix() if run_dir != root else run_dir.name
-        runs.append(Run(name, config, metrics, status, error, run_dir, latest_images(run_dir), embedding_table(run_dir)))
+            status = status if status in ("interrupted", "failed") else "missing"
+            error = {"interrupted": "interrupted; resume it with latentbench train resume=" + str(run.path)}.get(
+                status, "no metrics.json (killed, or still running)")
+        runs.append(Run(name, config, metrics or {}, status, error, run.path, latest_images(run.path), embedding_table(run.path)))
     if not runs:
         raise ConfigError(f"report: no runs under {root} (no .hydra/config.yaml below it)")
     return runs
@@ -606,6 +620,10 @@ def make_report(args: argparse.Namespace) -> dict[str, Path]:
     if args.plot and not args.against:
         raise ConfigError("report --plot: needs --against <swept config key>")
     runs = collect(args.source, args.wandb_group)
+    unreadable = [r for r in runs if r.status == UNREADABLE]
+    runs = [r for r in runs if r.status != UNREADABLE]
+    if not runs:
+        raise ConfigError(f"report: every run under {args.source} is unreadable (first: {unreadable[0].error})")
     reference = load_reference(args.reference) if args.reference else None
     groups = group_runs(runs, args.group_by)
     table = build_table(groups, args.group_by, args.metrics, reference, args.digits)
@@ -625,6 +643,9 @@ def make_report(args: argparse.Namespace) -> dict[str, Path]:
         figures.append(codes)
         written["codes"] = codes
     failures = failure_lines(groups)
+    if unreadable:
+        failures.append(f"{len(unreadable)} unreadable run{'s' if len(unreadable) > 1 else ''} left out of the table")
+        failures += [f"{r.name}: unreadable ({r.error})" for r in unreadable]
     title = args.title or f"latentbench report: {args.source}"
     for fmt_name in args.format:
         if fmt_name == "md":

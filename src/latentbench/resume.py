@@ -135,6 +135,7 @@ def expand_resume(args: list[str]) -> list[str]:
     recorded = recorded_overrides(run)
     extra = [a for a in rest if a not in recorded]
     extends = check_resume_overrides(run, recorded, extra)
+    run.metrics()  # a corrupt metrics.json is named here, before anything runs
     status = run.status()
     if status == "finished" and not extends:
         raise NothingToResume(f"resume: {run.path} has finished ({finished_summary(run)}); nothing to do. "

@@ -234,14 +234,18 @@ def trial_rows(sweep_dir: Path, metric: str | None, swept: list[str]) -> list[di
     """One row per job of the multirun: its number, swept overrides, status and objective (or failure reason)."""
     import yaml
 
+    from latentbench.run_dir import RunDir, RunDirError
+
     rows = []
     jobs = [p.parents[1] for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
     for job in sorted(jobs, key=lambda p: int(p.name) if p.name.isdigit() else 1 << 30):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
         shown = [o for o in overrides if o.split("=")[0] in swept]
-        metrics_file = job / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        status = metrics.get("status", "missing")
+        try:
+            metrics = RunDir(job).metrics() or {}
+            status = metrics.get("status") or RunDir(job).status() or "missing"
+        except RunDirError as error:
+            metrics, status = {"error": str(error)}, "unreadable"
         value = metrics.get(metric) if metric else None
         detail = metrics.get("error", "") if status != "finished" else ("" if value is None else f"{value:.6g}")
         rows.append({"job": job.name, "overrides": " ".join(shown), "status": status, "objective": detail, "value": value})

@@ -176,3 +176,45 @@ def test_a_full_disk_fails_in_one_line_and_keeps_the_last_good_checkpoint(small_
     assert metrics["checkpoint"] == "checkpoints/last.ckpt"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
     assert not list(run_dir.rglob(".*.tmp-*"))
+
+
+def test_an_interrupted_multirun_resumes_only_the_jobs_not_finished(tmp_path):
+    sweep = tmp_path / "sweep"
+    # job 0 finishes, job 1 gets SIGTERM at step 8 (the multirun stops there), job 2 never starts
+    jobs = ["-m", *RUN, "+callbacks.signal._target_=tests.helpers.SignalAtHook", "+callbacks.signal.hook=train_batch_end",
+            "+callbacks.signal.signum=SIGTERM", "+callbacks.signal.n=1000,8,1000", f"hydra.sweep.dir={sweep}"]
+    result = run_cli("train", *jobs)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].strip() == f"latentbench train -m resume={sweep}"
+    assert [RunDir(sweep / str(n)).status() for n in range(3)] == ["finished", "interrupted", None]
+    first = (sweep / "0" / "metrics.json").read_bytes()
+    resumed = run_cli("train", "-m", f"resume={sweep}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (sweep / "0" / "metrics.json").read_bytes() == first  # skipped, not retrained
+    metrics = [RunDir(sweep / str(n)).metrics() for n in range(3)]
+    assert [m["status"] for m in metrics] == ["finished"] * 3
+    # the signal callback does not change training: all three jobs equal job 0, the interrupted one included
+    assert {k: metrics[1][k] for k in COMPARED} == {k: metrics[0][k] for k in COMPARED} == {k: metrics[2][k] for k in COMPARED}
+
+
+def test_a_requeued_slurm_job_continues_its_own_run(uninterrupted, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    scontrol.chmod(0o755)
+    env = {"SLURM_JOB_ID": "4242", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    command = ["train", *RUN, f"paths.log_dir={tmp_path / 'outputs'}", "run_name=slurm_job",
+               "+callbacks.signal._target_=tests.helpers.SignalAtHook", "+callbacks.signal.hook=train_batch_end",
+               "+callbacks.signal.n=8", "+callbacks.signal.signum=SIGUSR1"]
+    first = run_cli(*command, env=env)
+    assert first.returncode == 138, first.stderr[-2000:]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert "SLURM: requeued job 4242" in first.stderr
+    again = run_cli(*command, env={**env, "SLURM_RESTART_COUNT": "1"})  # what SLURM runs after the requeue
+    assert again.returncode == 0, again.stderr[-2000:]
+    run_dir = tmp_path / "outputs" / "slurm_job"
+    assert f"SLURM job 4242 restarted (restart 1): continuing its run {run_dir}" in again.stderr
+    metrics = RunDir(run_dir).metrics()
+    assert {k: metrics[k] for k in COMPARED} == {k: uninterrupted[k] for k in COMPARED}

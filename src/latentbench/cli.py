@@ -137,6 +137,12 @@ def run_train(args: list[str]) -> int:
                     pass
             failures.append(2)
             return float("nan")
+        except RunInterrupted:
+            if multirun:  # the remaining jobs do not start; the same command resumes them all
+                sweep_dir = HydraConfig.get().sweep.dir
+                print(f"multirun interrupted; continue it (finished jobs are skipped) with:\n"
+                      f"  latentbench train -m resume={sweep_dir}", file=sys.stderr)
+            raise
         except TrainingFailed as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1" and not multirun:
                 raise

@@ -120,6 +120,11 @@ def expand_resume(args: list[str]) -> list[str]:
     arguments do not extend, ConfigError for a refused override or a run in use.
     """
     value, rest = split_resume(args)
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    if value is not None and multirun:
+        return expand_multirun_resume(value, rest)
+    if value is None and not multirun:
+        value = requeued_slurm_run(rest)
     if value is None:
         refuse_run_dir_in_use(args)
         return args
@@ -144,6 +149,48 @@ def expand_resume(args: list[str]) -> list[str]:
     run.release_lock()
     print(f"resuming {run.path}" + (" (extending a finished run)" if status == "finished" else ""), file=sys.stderr)
     return [*merged(recorded, extra), f"hydra.run.dir={run.path}", f"resume={run.path}"]
+
+
+def expand_multirun_resume(sweep_dir: str, rest: list[str]) -> list[str]:
+    """``-m resume=<sweep dir>``: the multirun's own overrides into the same sweep folder; each job
+    then skips (finished), continues (has ``last.ckpt``) or starts (never ran)."""
+    import yaml
+
+    sweep = Path(sweep_dir)
+    record = sweep / "multirun.yaml"
+    if not record.is_file():
+        raise RunDirError(f"resume: {sweep} is not a multirun folder (no multirun.yaml; expected outputs/multirun/<time>)")
+    try:
+        task = yaml.safe_load(record.read_text())["hydra"]["overrides"]["task"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+        raise RunDirError(f"{record}: cannot be read ({type(error).__name__})") from None
+    task = [o for o in task if not o.startswith(RESUME_KEYS) and not o.startswith("hydra.sweep.dir=")]
+    extra = [a for a in rest if a not in task and a not in ("-m", "--multirun")]
+    refused = [o for o in extra if not any(fnmatch.fnmatchcase(override_key(o), p) for p in RESUME_SAFE)]
+    if refused:
+        raise ConfigError(f"resume: {refused[0]} would change the multirun {sweep}; only {', '.join(RESUME_SAFE)} may be given with resume=")
+    print(f"resuming the multirun {sweep}: finished jobs are skipped, interrupted ones continue", file=sys.stderr)
+    return ["-m", *merged(task, extra), f"hydra.sweep.dir={sweep}", f"resume={sweep}"]
+
+
+def requeued_slurm_run(rest: list[str]) -> str | None:
+    """A SLURM job started again after a requeue (``SLURM_RESTART_COUNT`` > 0) continues the run it
+    started before: the unfinished run under ``paths.log_dir`` whose ``run.json`` has its job id."""
+    import os
+
+    job, restarts = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_RESTART_COUNT", "0")
+    if not job or not restarts.isdigit() or int(restarts) == 0:
+        return None
+    log_dir = Path(next((a.partition("=")[2] for a in rest if a.startswith("paths.log_dir=")), "outputs"))
+    for info_file in sorted(log_dir.glob("*/run.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        run = RunDir(info_file.parent)
+        try:
+            if run.info().get("slurm_job_id") == job and run.status() != "finished":
+                print(f"SLURM job {job} restarted (restart {restarts}): continuing its run {run.path}", file=sys.stderr)
+                return str(run.path)
+        except RunDirError:
+            continue
+    return None
 
 
 def refuse_run_dir_in_use(args: list[str]) -> None:

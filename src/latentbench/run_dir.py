@@ -264,6 +264,8 @@ class RunDir:
                                   "started": now(), "error": None}
         if wandb_run_id:
             fields["wandb_run_id"] = wandb_run_id
+        if os.environ.get("SLURM_JOB_ID"):  # a requeued job finds its run by it
+            fields["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
         self.mark("running", **fields)
 
     def wandb_run_id(self) -> str | None:

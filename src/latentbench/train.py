@@ -302,6 +302,43 @@ def record_failure(run: RunDir, cfg: DictConfig, error: BaseException) -> str:
     return reason
 
 
+def training_length(cfg: DictConfig) -> list[int]:
+    """``[max_epochs, max_steps]`` of the config: what a finished run was trained to."""
+    return [int(cfg.trainer.get("max_epochs") or -1), int(cfg.trainer.get("max_steps") or -1)]
+
+
+def finished_as_configured(cfg: DictConfig, run: RunDir) -> dict[str, Any] | None:
+    """Under ``resume``, the results of a run that already finished with this training length
+    (the finished jobs of a resumed multirun), else None (train: fresh, continued or extended)."""
+    if not cfg.get("resume"):
+        return None
+    metrics = run.finished_metrics()
+    if metrics is None or run.info().get("trained_to") != training_length(cfg):
+        return None
+    return {**metrics, "checkpoint": str(run.resolve(metrics.get("checkpoint"))) if metrics.get("checkpoint") else None}
+
+
+def requeue_slurm_job(signum: int) -> None:
+    """Under SLURM, SIGUSR1 (``sbatch --signal=USR1@<seconds>``) means the time limit is near:
+    requeue the job (``scontrol requeue``), whose next start continues this run by itself."""
+    import signal
+    import subprocess
+
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    job = job or os.environ.get("SLURM_JOB_ID")
+    if signum != signal.SIGUSR1 or not job:
+        return
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("SLURM: could not requeue job %s (%s); resume by hand", job, first_line(error))
+        return
+    if result.returncode == 0:
+        print(f"SLURM: requeued job {job}; its next start continues this run", file=sys.stderr)
+    else:
+        log.warning("SLURM: scontrol requeue %s failed: %s", job, first_line(result.stderr or result.stdout or "no output"))
+
+
 def resume_command(run: RunDir) -> str:
     return f"latentbench train resume={run.path}"
 
@@ -316,6 +353,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     check_config(cfg)  # before seeding, so that a bad seed is reported as such
     run = RunDir(cfg.paths.output_dir)
+    done = finished_as_configured(cfg, run)
+    if done is not None:
+        log.info("%s: finished before (a resumed multirun runs only the jobs not finished)", run.path)
+        return done
     ckpt_path = resume_checkpoint(cfg, run)
     reuse_wandb_run(cfg, run)
     pl.seed_everything(cfg.seed, workers=True)  # before building: the seed fixes the initial weights
@@ -345,7 +386,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 log_run_artifacts(objects["loggers"], run.path, metrics.get("checkpoint"), metrics)
             except Exception as error:  # the run has finished: an upload problem must not mark it failed
                 log.warning("W&B artifacts not logged: %s", first_line(error))
-            run.mark("finished", error=None, last_attempt=None)
+            run.mark("finished", error=None, last_attempt=None, trained_to=training_length(cfg))
             log.info("metrics: %s", run.metrics_file)
         failed = False
         return metrics
@@ -354,6 +395,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             run.mark("interrupted", signal=signal_name(interrupted.signum), checkpoint=run.relative(run.last_checkpoint))
             print(f"interrupted by {signal_name(interrupted.signum)}: saved {run.last_checkpoint}; continue with:\n"
                   f"  {resume_command(run)}", file=sys.stderr)
+            requeue_slurm_job(interrupted.signum)
         raise
     except ConfigError:
         if rank_zero:

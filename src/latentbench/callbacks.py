@@ -365,8 +365,9 @@ class PeriodicCheckpoint(pl.Callback):
     EMA and optimizer state) stay a small share of a run whatever its step time.
 
     Together with the resumable data loaders and :class:`RngStateCheckpoint`, a run killed at any
-    step resumes from here exactly. Lightning writes checkpoints atomically (a temporary file,
-    then a rename), so a kill while saving leaves the previous ``last.ckpt`` intact.
+    step resumes from here exactly. Checkpoints are written durably (``DurableCheckpointIO``: a
+    temporary file in the same folder, fsynced, then a rename), so a kill while saving leaves the
+    previous ``last.ckpt`` intact.
     """
 
     def __init__(self, dirpath: str, every_n_steps: int | None = None, every_minutes: float | None = 10.0):

@@ -104,18 +104,29 @@ def run_train(args: list[str]) -> int:
     Hydra is driven with ``args`` directly rather than through ``sys.argv``, so ``sys.argv`` keeps
     ``latentbench train ...``: Lightning's DDP launcher re-executes ``sys.argv`` for ranks > 0.
     """
-    from hydra._internal.utils import _run_hydra, get_args_parser
-
+    from latentbench.resume import NothingToResume, expand_resume, run_dir_claimed
     from latentbench.sweep import safe_overrides
-    from latentbench.resume import NothingToResume, expand_resume
-    from latentbench.run_dir import RunDir
-    from latentbench.train import RunInterrupted, TrainingFailed, objective, record_failure, train
 
     try:
         args = expand_resume(quote_numeric_choices(safe_overrides(args)))
     except NothingToResume as nothing:
         print(nothing, file=sys.stderr)
         return 0
+    claimed = run_dir_claimed(args)
+    try:
+        return run_hydra_jobs(args)
+    finally:
+        if claimed is not None:
+            claimed.release_lock()
+
+
+def run_hydra_jobs(args: list[str]) -> int:
+    """Hydra runs ``train`` on each job of ``args``; the exit code of the worst job."""
+    from hydra._internal.utils import _run_hydra, get_args_parser
+
+    from latentbench.run_dir import RunDir
+    from latentbench.train import RunInterrupted, TrainingFailed, objective, record_failure, train
+
     preflight(args)
     failures: list[int] = []  # exit code of each failed job
 

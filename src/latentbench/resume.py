@@ -19,6 +19,10 @@ from pathlib import Path
 from latentbench.errors import ConfigError
 from latentbench.run_dir import RunDir, RunDirError
 
+# Hydra's flags that print and exit instead of running (nothing is written then)
+HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--resolve",
+               "--package", "-p", "--version")
+
 RESUME_KEYS = ("resume=", "hydra.run.dir=")
 EXTENDING_KEYS = ("trainer.max_epochs", "trainer.max_steps")
 RESUME_SAFE = (*EXTENDING_KEYS, "logger", "logger.*", "trainer.devices", "trainer.num_nodes", "data.num_workers",
@@ -145,8 +149,8 @@ def expand_resume(args: list[str]) -> list[str]:
     if status == "finished" and not extends:
         raise NothingToResume(f"resume: {run.path} has finished ({finished_summary(run)}); nothing to do. "
                               f"To train it further, give a larger trainer.max_epochs or trainer.max_steps with resume=")
-    run.acquire_lock()  # refused now, before Hydra rewrites the run's config files
-    run.release_lock()
+    if is_first_process():
+        run.acquire_lock()  # refused now, before Hydra rewrites the run's config files; held until the run ends
     print(f"resuming {run.path}" + (" (extending a finished run)" if status == "finished" else ""), file=sys.stderr)
     return [*merged(recorded, extra), f"hydra.run.dir={run.path}", f"resume={run.path}"]
 
@@ -200,9 +204,29 @@ def refuse_run_dir_in_use(args: list[str]) -> None:
     if not run_dir or any(a in ("-m", "--multirun") for a in args):
         return
     run = RunDir(run_dir)
+    if not is_first_process():
+        return
     if run.lock_file.exists():
-        run.acquire_lock()
-        run.release_lock()
+        run.acquire_lock()  # refused when another live process writes the run
     if run.finished_metrics() is not None:
+        run.release_lock()
         raise RunDirError(f"hydra.run.dir: {run.path} holds a finished run; a new run there would replace its results "
                           f"(continue it with resume={run.path}, or pick another directory)")
+    if not any(a.split("=")[0] in HYDRA_FLAGS for a in args):
+        run.acquire_lock()  # held from before Hydra writes the run's config until the run ends
+
+
+def is_first_process() -> bool:
+    """False in the other ranks of a multi-process run (DDP's re-executed command lines, SLURM tasks):
+    the run directory and its lock belong to rank 0."""
+    import os
+
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def run_dir_claimed(args: list[str]) -> RunDir | None:
+    """The run directory that :func:`expand_resume` locked for ``args``, if any."""
+    if any(a in ("-m", "--multirun") for a in args):
+        return None
+    run_dir = next((a.partition("=")[2] for a in args if a.startswith("hydra.run.dir=")), None)
+    return RunDir(run_dir) if run_dir else None

@@ -174,10 +174,13 @@ class RunDir:
 
     @classmethod
     def containing(cls, file: str | Path, key: str = "checkpoint") -> "RunDir":
-        """The run directory holding ``file`` (the nearest parent with ``.hydra/config.yaml``)."""
-        for parent in Path(file).resolve().parents:
-            if (parent / ".hydra" / "config.yaml").is_file():
-                return cls(parent)
+        """The run directory holding ``file``: the nearest parent with ``.hydra/config.yaml`` (or,
+        for runs started from Python without Hydra's files, ``run.json``)."""
+        parents = Path(file).resolve().parents
+        for marker in (Path(".hydra") / "config.yaml", Path("run.json")):
+            for parent in parents:
+                if (parent / marker).is_file():
+                    return cls(parent)
         raise RunDirError(f"{key}: {file} is not inside a latentbench run directory (no .hydra/config.yaml above it)")
 
     # -- paths stored inside the run ----------------------------------------------------------------

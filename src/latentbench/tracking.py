@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -211,14 +210,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def write_metrics_json(path: str | Path, metrics: dict[str, Any]) -> None:
-    """Write ``metrics.json`` atomically (write a temporary file, then rename), secrets scrubbed."""
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(scrub_text(json.dumps(scrub(metrics), indent=2, sort_keys=True)) + "\n")
-    os.replace(tmp, path)
 
 
 # Names of keys and environment variables that hold credentials: api_key, WANDB_API_KEY, HF_TOKEN, ...

@@ -105,8 +105,12 @@ def uninterrupted(tmp_path_factory):
     return RunDir(run_dir).metrics()
 
 
-@pytest.mark.parametrize(("signum", "code", "hook"), [("SIGTERM", 143, "train_batch_end"), ("SIGINT", 130, "train_batch_end"),
-                                                      ("SIGUSR1", 138, "train_batch_end"), ("SIGTERM", 143, "validation_batch_end")])
+@pytest.mark.parametrize(("signum", "code", "hook"), [
+    ("SIGTERM", 143, "train_batch_end"), ("SIGINT", 130, "validation_batch_end"),
+    # SIGUSR1 also runs in test_a_requeued_slurm_job_continues_its_own_run
+    pytest.param("SIGUSR1", 138, "train_batch_end", marks=pytest.mark.slow),
+    pytest.param("SIGINT", 130, "train_batch_end", marks=pytest.mark.slow),
+    pytest.param("SIGTERM", 143, "validation_batch_end", marks=pytest.mark.slow)])
 def test_a_signal_saves_last_ckpt_marks_the_run_interrupted_and_resumes_exactly(uninterrupted, tmp_path, signum, code, hook):
     run_dir = tmp_path / "run"
     n = 8 if hook == "train_batch_end" else 2  # step 8 (last save at 5), or the 2nd validation batch of epoch 0

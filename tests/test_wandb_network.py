@@ -101,7 +101,7 @@ def test_probe_tells_refused_black_hole_and_answering_servers_apart(black_hole, 
     assert unreachable_reason(f"http://127.0.0.1:{answering_server}", timeout=2.0) is None
 
 
-@pytest.mark.parametrize("server", ["refused", "black_hole"])
+@pytest.mark.parametrize("server", [pytest.param("refused", marks=pytest.mark.slow), "black_hole"])  # the probe test covers refused
 def test_online_without_network_logs_offline(server, request, tmp_path, baseline_seconds):
     port = closed_port() if server == "refused" else request.getfixturevalue("black_hole")
     start = time.monotonic()

@@ -88,7 +88,7 @@ def check_resume_overrides(run: RunDir, recorded: list[str], extra: list[str]) -
     for override in extra:
         key = override_key(override)
         if not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUME_SAFE):
-            was = recorded_keys.get(key, "not set")
+            was = recorded_keys.get(key) or f"{key}={recorded_value(run, key)}"
             raise ConfigError(f"resume: {override} would change the run {run.path} (recorded: {was}); a resumed run keeps its "
                               f"config; only {', '.join(RESUME_SAFE)} may be given with resume= (start a new run to change it)")
         if key in EXTENDING_KEYS:
@@ -109,9 +109,22 @@ def merged(recorded: list[str], extra: list[str]) -> list[str]:
     return [*kept, *(o for o in extra if override_key(o) in replacements)]
 
 
+def recorded_value(run: RunDir, key: str) -> str:
+    """The value of ``key`` in the run's recorded config, as text (``not set`` when it has none)."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(run.recorded_config(), key, default="not set", throw_on_missing=False)
+    return str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+
+
+HEADLINE_METRICS = ("test/recon_sse", "test/loss", "test/fid_domain", "test/acc", "test/zero_shot_acc")
+
+
 def finished_summary(run: RunDir) -> str:
     metrics = run.finished_metrics() or {}
-    shown = [f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("test/") and isinstance(v, (int, float))][:3]
+    ranked = sorted((k for k, v in metrics.items() if k.startswith("test/") and isinstance(v, (int, float))),
+                    key=lambda k: (HEADLINE_METRICS.index(k) if k in HEADLINE_METRICS else len(HEADLINE_METRICS), k))
+    shown = [f"{k} {metrics[k]:.4g}" for k in ranked[:3]]
     epochs = metrics.get("epochs")
     return ", ".join([*(f"{epochs} epochs" for _ in [0] if epochs is not None), *shown])
 

@@ -90,7 +90,7 @@ def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, on_
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    from latentbench.cli import conf_dir
+    from latentbench.compose import conf_dir
     from latentbench.data.mnist import MNISTDataModule
 
     GlobalHydra.instance().clear()

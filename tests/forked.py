@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-PRELOAD = ["latentbench.cli", "latentbench.train", "tests.helpers", "tests.warm_imports"]
+PRELOAD = ["latentbench.cli", "latentbench.launch", "latentbench.train", "tests.helpers", "tests.warm_imports"]
 _context = None
 
 

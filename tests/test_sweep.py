@@ -10,9 +10,11 @@ import yaml
 from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from latentbench.cli import main, quote_numeric_choices
+from latentbench.cli import main
+from latentbench.overrides import quote_numeric_choices
 from latentbench.compose import compose_run_config
-from latentbench.sweep import fixed_overrides, hydra_value, load_sweep, local_args, safe_override
+from latentbench.overrides import hydra_value, safe_override
+from latentbench.sweep import fixed_overrides, load_sweep, local_args
 from tests.conftest import REPO, needs_mnist, run_cli
 from tests.test_artifacts import finished_records
 

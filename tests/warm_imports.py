@@ -26,7 +26,7 @@ import latentbench.data.digits  # noqa: E402,F401
 import latentbench.data.mnist  # noqa: E402,F401
 import latentbench.evaluation.embeddings  # noqa: E402,F401
 import latentbench.evaluation.fid  # noqa: E402,F401
-import latentbench.evaluation.run_eval  # noqa: E402,F401
+import latentbench.evaluate  # noqa: E402,F401
 import latentbench.models.ae  # noqa: E402,F401
 import latentbench.models.pca  # noqa: E402,F401
 import latentbench.report  # noqa: E402,F401

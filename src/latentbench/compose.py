@@ -1,7 +1,13 @@
-"""Compose a run's config from Python (notebooks, tests, benchmarks), as ``latentbench train`` would."""
+"""Where the configs live, composing a run's config, and checking overrides before Hydra runs.
+
+``compose_run_config`` composes a run's config from Python (notebooks, tests, benchmarks), as
+``latentbench train`` would; ``preflight`` composes once before Hydra runs, so that an unknown
+choice or key is one line.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -9,7 +15,58 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from latentbench.cli import conf_dir
+from latentbench.errors import ConfigError, first_line
+
+
+def conf_dir() -> Path:
+    """``conf/`` shipped inside the package (wheel install) or beside ``src/`` (editable install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise ConfigError(f"conf/train.yaml not found next to {here}")
+
+
+HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--multirun", "-m",
+               "--shell-completion", "-sc", "--resolve", "--package", "-p", "--run", "-r", "--version")
+
+
+def preflight(overrides: list[str]) -> None:
+    """Compose the config once before Hydra runs, so that an unknown choice or key is one line."""
+    if any(arg.split("=")[0] in HYDRA_FLAGS for arg in overrides):
+        return
+    from hydra.errors import HydraException, MissingConfigException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            compose(config_name="train", overrides=overrides)
+    except MissingConfigException as error:
+        raise ConfigError(unknown_choice_message(error, overrides)) from None
+    except (HydraException, ValueError) as error:
+        raise ConfigError(override_error_message(error)) from None
+
+
+def unknown_choice_message(error, overrides: list[str]) -> str:
+    """``model=foo: unknown choice (available: ae, pca)`` from Hydra's multi-line message."""
+    text = str(error)
+    for override in overrides:
+        group, _, choice = override.lstrip("+~").partition("=")
+        if f"'{group}/{choice}'" in text:
+            available = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+            return f"{group}={choice}: unknown choice (available: {', '.join(available)})"
+    return first_line(error)
+
+
+def override_error_message(error: Exception) -> str:
+    """One line from Hydra's message about an override it could not apply."""
+    text = f"{error} {error.__cause__ or ''}"
+    key = re.search(r"Could not override '([^']+)'", text)
+    if key and "not in struct" in text:
+        return f"{key.group(1)}: no such key in the config (to add a new key, write +{key.group(1)}=...)"
+    if key:
+        return f"{key.group(1)}: {first_line(error.__cause__ or error) if error.__cause__ else 'cannot override'}"
+    return first_line(error)
+
 
 
 def compose_run_config(overrides: list[str], output_dir: str | Path) -> DictConfig:

@@ -20,7 +20,7 @@ from latentbench.errors import ConfigError
 
 
 def experiments_dir() -> Path:
-    from latentbench.cli import conf_dir
+    from latentbench.compose import conf_dir
 
     return conf_dir().parent / "experiments"
 
@@ -78,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from latentbench.cli import run_train
+    from latentbench.launch import run_train
     from latentbench.report import main as report_main
 
     args = parser().parse_intermixed_args(argv)

@@ -18,22 +18,17 @@ the sweep goes on; the summary at the end lists every trial with its status and 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import re
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from latentbench.errors import ConfigError, first_line
+from latentbench.overrides import hydra_value
 
 METHODS = ("grid", "random", "bayes")
-SAFE_VALUE = re.compile(r"[A-Za-z0-9_./:+-]+")
-HYDRA_KEYWORDS = {"true", "false", "null", "none", "nan", "inf", "-inf"}
-
-
 # ----------------------------------------------------------------------------- reading a sweep file
 
 
@@ -77,59 +72,6 @@ def fixed_overrides(sweep: dict[str, Any]) -> list[str]:
     """The literal Hydra overrides of the command (the items after ``train`` that are not W&B macros)."""
     command = [str(c) for c in sweep["command"]]
     return [c for c in command[command.index("train") + 1:] if not (c.startswith("${") and c.endswith("}"))]
-
-
-# ----------------------------------------------------------------------------- Hydra values
-
-
-def hydra_value(value: Any) -> str:
-    """A Python value as Hydra override syntax: ``None -> null``, ``'a b' -> 'a b'`` (quoted), lists as ``[a,b]``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    if SAFE_VALUE.fullmatch(text) and text.lower() not in HYDRA_KEYWORDS and not re.fullmatch(r"-?[\d.]+(e-?\d+)?", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def safe_override(arg: str) -> str:
-    """One ``key=value`` from a W&B agent made acceptable to Hydra as a single value.
-
-    W&B writes ``f"{key}={value}"`` with Python's ``str``: ``None`` arrives as ``None``, and a value
-    with a comma, a quote or an equals sign would be read by Hydra as a sweep or be refused. Values
-    Hydra parses as one plain value are kept; ``None`` becomes ``null``; anything else is quoted.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    key, sep, value = arg.partition("=")
-    if not sep or arg.startswith("-") or not re.fullmatch(r"[+~]{0,2}[A-Za-z_][\w./@-]*", key):
-        return arg
-    if value == "None":
-        return f"{key}=null"
-    try:
-        override = OverridesParser.create().parse_overrides([arg])[0]
-        if not override.is_sweep_override() and not (" " in value and value[:1] not in "'\"[{"):
-            return arg
-    except Exception:  # Hydra's lexer/parser errors
-        pass
-    if value[:1] in "'\"" and value[-1:] == value[:1]:  # quoted already, but refused: leave Hydra's error as it is
-        return arg
-    return f"{key}={hydra_value(value)}"
-
-
-def safe_overrides(args: list[str]) -> list[str]:
-    """``safe_override`` on every argument of a single run (a multirun's ``a,b`` stays a sweep)."""
-    if any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in args):
-        return args
-    return [safe_override(a) for a in args]
 
 
 # ----------------------------------------------------------------------------- search space -> Hydra
@@ -269,7 +211,7 @@ def print_summary(sweep: dict[str, Any], sweep_dir: Path) -> list[dict[str, Any]
 
 
 def run_local(sweep: dict[str, Any], count: int | None, out: Path | None, extra: list[str]) -> int:
-    from latentbench.cli import run_train
+    from latentbench.launch import run_train
 
     sweep_dir = out or Path("outputs") / "sweeps" / sweep["name"] / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if sweep["method"] == "grid" and count:

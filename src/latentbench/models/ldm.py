@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import inspect
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from latentbench.errors import ConfigError, first_line
 from latentbench.run_dir import RunDir
@@ -28,8 +28,7 @@ USAGE = "usage: latentbench eval checkpoint=<path to .ckpt> [overrides, e.g. met
 
 def eval_config(checkpoint: Path, overrides: list[str]) -> tuple[DictConfig, RunDir]:
     """The run's config with ``overrides`` applied, writing into the run directory."""
-    from latentbench.cli import preflight
-    from latentbench.compose import compose_run_config
+    from latentbench.compose import compose_run_config, preflight
     from latentbench.resume import recorded_overrides
 
     run = RunDir.containing(checkpoint)

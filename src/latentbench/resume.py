@@ -34,6 +34,15 @@ class NothingToResume(Exception):
     """The run named by ``resume=`` has finished and the resume does not extend it."""
 
 
+def is_resume_safe(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUME_SAFE)
+
+
+def log_dir_of(args: list[str]) -> Path:
+    """``paths.log_dir`` given in ``args``, else the default ``outputs``."""
+    return Path(next((a.partition("=")[2] for a in args if a.startswith("paths.log_dir=")), "outputs"))
+
+
 def override_key(override: str) -> str:
     """``trainer.max_epochs`` for ``trainer.max_epochs=5`` (also ``+key=...``, ``~key``)."""
     return override.lstrip("+~").partition("=")[0]
@@ -87,7 +96,7 @@ def check_resume_overrides(run: RunDir, recorded: list[str], extra: list[str]) -
     extends = False
     for override in extra:
         key = override_key(override)
-        if not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUME_SAFE):
+        if not is_resume_safe(key):
             was = recorded_keys.get(key) or f"{key}={recorded_value(run, key)}"
             raise ConfigError(f"resume: {override} would change the run {run.path} (recorded: {was}); a resumed run keeps its "
                               f"config; only {', '.join(RESUME_SAFE)} may be given with resume= (start a new run to change it)")
@@ -125,8 +134,8 @@ def finished_summary(run: RunDir) -> str:
     ranked = sorted((k for k, v in metrics.items() if k.startswith("test/") and isinstance(v, (int, float))),
                     key=lambda k: (HEADLINE_METRICS.index(k) if k in HEADLINE_METRICS else len(HEADLINE_METRICS), k))
     shown = [f"{k} {metrics[k]:.4g}" for k in ranked[:3]]
-    epochs = metrics.get("epochs")
-    return ", ".join([*(f"{epochs} epochs" for _ in [0] if epochs is not None), *shown])
+    epochs = [f"{metrics['epochs']} epochs"] if metrics.get("epochs") is not None else []
+    return ", ".join([*epochs, *shown])
 
 
 def expand_resume(args: list[str]) -> list[str]:
@@ -146,7 +155,7 @@ def expand_resume(args: list[str]) -> list[str]:
         refuse_run_dir_in_use(args)
         return args
     if value == "auto":
-        log_dir = Path(next((a.partition("=")[2] for a in rest if a.startswith("paths.log_dir=")), "outputs"))
+        log_dir = log_dir_of(rest)
         found = unfinished_run_with([a for a in rest if not a.startswith(RESUME_KEYS)], log_dir)
         if found is None:
             print(f"resume=auto: no unfinished run with these overrides under {log_dir}; starting a new run", file=sys.stderr)
@@ -183,7 +192,7 @@ def expand_multirun_resume(sweep_dir: str, rest: list[str]) -> list[str]:
         raise RunDirError(f"{record}: cannot be read ({type(error).__name__})") from None
     task = [o for o in task if not o.startswith(RESUME_KEYS) and not o.startswith("hydra.sweep.dir=")]
     extra = [a for a in rest if a not in task and a not in ("-m", "--multirun")]
-    refused = [o for o in extra if not any(fnmatch.fnmatchcase(override_key(o), p) for p in RESUME_SAFE)]
+    refused = [o for o in extra if not is_resume_safe(override_key(o))]
     if refused:
         raise ConfigError(f"resume: {refused[0]} would change the multirun {sweep}; only {', '.join(RESUME_SAFE)} may be given with resume=")
     print(f"resuming the multirun {sweep}: finished jobs are skipped, interrupted ones continue", file=sys.stderr)
@@ -198,7 +207,7 @@ def requeued_slurm_run(rest: list[str]) -> str | None:
     job, restarts = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_RESTART_COUNT", "0")
     if not job or not restarts.isdigit() or int(restarts) == 0:
         return None
-    log_dir = Path(next((a.partition("=")[2] for a in rest if a.startswith("paths.log_dir=")), "outputs"))
+    log_dir = log_dir_of(rest)
     for info_file in sorted(log_dir.glob("*/run.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         run = RunDir(info_file.parent)
         try:

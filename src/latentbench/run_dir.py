@@ -310,7 +310,8 @@ class RunDir:
                     self.mark("finished", error=None, last_attempt={"status": "failed", "error": reason, "time": now()})
                 return
             except RunDirError as error:
-                if attempt or not self.release_reserve() or getattr(error.__cause__, "errno", None) != errno.ENOSPC:
+                disk_full = getattr(error.__cause__, "errno", None) == errno.ENOSPC
+                if attempt or not disk_full or not self.release_reserve():  # the reserve is for a full disk only
                     raise
 
     # -- space reserve --------------------------------------------------------------------------

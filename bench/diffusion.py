@@ -104,7 +104,7 @@ def ldm_overrides(args, runs: dict[str, str], device: str) -> list[str]:
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     overrides = [
         "model=ldm", *shapes_overrides(args.image_size, args.num_train), f"data.batch_size={args.batch_size}", f"model.conditioning={args.conditioning}",
-        f"model.first_stage.checkpoint={runs['first_stage']}", "model.latent_std_batches=1", "model.sampling.every_n_epochs=0",
+        f"model.first_stage.checkpoint={runs['first_stage']}", "model.latent_std_batches=1", "callbacks.sample_grid.every_n_epochs=0",
         f"trainer.accelerator={accelerator}", "trainer.devices=1", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
         "trainer.limit_val_batches=0",
     ]
@@ -155,7 +155,8 @@ class PlainLoop:
         from hydra.utils import instantiate
 
         from latentbench.compose import compose_run_config
-        from latentbench.models.ldm import load_first_stage, resolve_checkpoint
+        from latentbench.models.ldm import load_first_stage
+        from latentbench.run_dir import resolve_checkpoint
 
         self.args, self.device = args, torch.device(args.device)
         with tempfile.TemporaryDirectory() as output_dir:

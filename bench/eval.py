@@ -18,9 +18,9 @@ features of ``num_images`` real and reconstructed images + the Frechet distance)
 ``--model ldm``: a text-conditioned ``model=ldm`` on 16x16 ``data=shapes`` (512 training images,
 batch 32, so 16 steps an epoch), on the tiny first stage and CLIP text tower of ``bench.diffusion``
 (trained first, not timed) and a small shapes classifier. Both runs draw the model's fixed-seed
-sample grid every epoch (``model.sampling``, the default interval); the run with metrics adds, at
-that interval and at test, the sample FID (``model.fid``: ``num_samples`` samples for the
-validation images' captions vs the real images, domain features) and the CLIP score of samples for
+sample grid every epoch (``callbacks.sample_grid``, the default interval); the run with metrics
+adds, every epoch and at test, the sample FID (``metrics.fid``: 256 samples for the validation
+images' captions vs the real images, domain features) and the CLIP score of samples for
 ``metrics.clip_score.num_prompts`` captions (scored by that CLIP model), with their defaults.
 """
 
@@ -55,7 +55,7 @@ def train_classifier(root: Path, data: list[str] = DATA) -> str:
     train(compose_run_config([*CPU, *data, "model=classifier", "model.channels=[8,16]", "model.feature_dim=32",
                               "trainer.max_steps=30", "trainer.max_epochs=-1", "trainer.limit_val_batches=1"], root / "classifier"))
     GlobalHydra.instance().clear()
-    from latentbench.models.ldm import resolve_checkpoint
+    from latentbench.run_dir import resolve_checkpoint
 
     return resolve_checkpoint(str(root / "classifier"))  # its best checkpoint, else last.ckpt
 
@@ -80,7 +80,8 @@ def ldm_overrides(args, setup: dict[str, str], with_metrics: bool) -> list[str]:
         "model.latent_std_batches=1", f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
     ]
     if with_metrics:
-        overrides += ["model.fid.enabled=true", f"model.fid.checkpoint='{setup['classifier']}'",
+        overrides += ["metrics.fid.enabled=true", f"metrics.fid.checkpoint='{setup['classifier']}'",
+                      "metrics.fid.num_images=256", "metrics.fid.every_n_val_epochs=1",
                       f"metrics.clip_score.checkpoint='{setup['clip']}'"]
     return overrides
 

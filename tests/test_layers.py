@@ -7,8 +7,6 @@ from importlinter.cli import lint_imports
 
 from tests.conftest import REPO
 
-# The one circle left, through the LDM's own sample FID (issue 19, item 2 moves it into callbacks).
-KNOWN_CIRCLE = {"latentbench.models.ldm", "latentbench.evaluation.fid", "latentbench.evaluation.sample_clip_score"}
 
 
 def test_the_layer_contracts_are_kept(monkeypatch, capsys):
@@ -16,11 +14,11 @@ def test_the_layer_contracts_are_kept(monkeypatch, capsys):
     assert lint_imports(config_filename=str(REPO / "pyproject.toml")) == 0, capsys.readouterr().out[-3000:]
 
 
-def test_no_import_circles_outside_the_known_one():
+def test_no_import_circles():
     graph = grimp.build_graph("latentbench")
     in_circles = set()
     for module in graph.modules:
         for imported in graph.find_modules_directly_imported_by(module):
             if imported.startswith("latentbench") and graph.chain_exists(importer=imported, imported=module):
                 in_circles |= {module, imported}
-    assert in_circles <= KNOWN_CIRCLE, sorted(in_circles - KNOWN_CIRCLE)
+    assert not in_circles, sorted(in_circles)

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from latentbench.errors import ConfigError
+from latentbench.evaluation.fid import fid_callback
 from latentbench.models.ae_kl import AutoencoderKL
 from latentbench.models.ldm import LatentDiffusion
 from latentbench.train import train
@@ -105,7 +106,7 @@ def test_pixel_space_ldm_trains_on_mnist(cfg_factory):
     if not MNIST_ROOT.is_dir():
         pytest.skip("no MNIST")
     metrics = train(cfg_factory(*TINY_LDM, *MNIST_SLICE[:2], "data.limit=64", "data.val_size=32", "model.conditioning=class",
-                                "model.unet.attention=[false,false]", "model.sampling.every_n_epochs=0"))
+                                "model.unet.attention=[false,false]", "callbacks.sample_grid.every_n_epochs=0"))
     assert np.isfinite(metrics["test/loss"])
     model = LatentDiffusion.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
     assert model.first_stage is None and model.latent_shape == (1, 28, 28)
@@ -197,7 +198,7 @@ def test_ldm_config_errors(cfg_factory, tmp_path, first_stage_checkpoint):
 
 
 def test_unknown_option_keys_are_refused(cfg_factory):
-    with pytest.raises(ConfigError, match=r"^model\.sampling\.stpes: unknown key \(allowed: every_n_epochs, sampler, steps"):
+    with pytest.raises(ConfigError, match=r"^model\.sampling\.stpes: unknown key \(allowed: sampler, steps"):
         train(cfg_factory(*TINY_LDM, "+model.sampling.stpes=3"))
 
 
@@ -222,7 +223,7 @@ def test_class_conditional_mnist_samples_are_recognised(tmp_path):
     GlobalHydra.instance().clear()
     assert first_stage["test/psnr"] > 18
     ldm_cfg = make_cfg([*FAST, "model=ldm", "model.conditioning=class", f"model.first_stage.checkpoint={tmp_path / 'ae_kl'}",
-                        "trainer.max_epochs=8", "model.optimizer.lr=0.001", "model.ema_decay=0.995", "model.sampling.every_n_epochs=0", *data],
+                        "trainer.max_epochs=8", "model.optimizer.lr=0.001", "model.ema_decay=0.995", "callbacks.sample_grid.every_n_epochs=0", *data],
                        tmp_path / "ldm")
     metrics = train(ldm_cfg)
     GlobalHydra.instance().clear()
@@ -246,7 +247,7 @@ def class_ldm_run(tmp_path_factory, first_stage_checkpoint) -> Path:
     """A tiny class-conditional LDM on the tiny ae_kl, trained for one epoch on digits."""
     output = tmp_path_factory.mktemp("ldm_class")
     train(make_cfg([*FAST, *TINY_LDM, "model.conditioning=class", f"model.first_stage.checkpoint={first_stage_checkpoint}",
-                    "model.sampling.every_n_epochs=0"], output))
+                    "callbacks.sample_grid.every_n_epochs=0"], output))
     GlobalHydra.instance().clear()
     return output
 
@@ -333,34 +334,45 @@ def test_sample_class_accuracy_is_the_fid_classifiers_agreement_with_the_request
     classifier_run = tmp_path_factory.mktemp("classifier")
     clf = train(make_cfg([*FAST, "model=classifier", "model.channels=[8,16]", "model.feature_dim=16", "data.limit=1024", "trainer.max_epochs=4", "model.optimizer.lr=0.01"], classifier_run))
     GlobalHydra.instance().clear()
-    cfg = cfg_factory(*TINY_LDM, "model.conditioning=class", "model.sampling.steps=2", "model.fid.enabled=true",
-                      f"model.fid.checkpoint='{clf['checkpoint']}'", "model.fid.num_samples=40", "model.fid.batch_size=16")
+    cfg = cfg_factory(*TINY_LDM, "model.conditioning=class", "model.sampling.steps=2", "metrics.fid.enabled=true",
+                      f"metrics.fid.checkpoint='{clf['checkpoint']}'", "metrics.fid.num_images=40", "metrics.fid.sample_batch_size=16")
     metrics = train(cfg)
     assert 0 <= metrics["test/sample_class_acc"] <= 1 and metrics["test/sample_fid_domain"] > 0
-    model = LatentDiffusion.load_from_checkpoint(metrics["checkpoint"], weights_only=True, fid=dict(cfg.model.fid)).eval()
+    assert "test/fid_domain" not in metrics  # images=auto: a model that samples is measured on its samples
+    model = LatentDiffusion.load_from_checkpoint(metrics["checkpoint"], weights_only=True).eval()
+    callback = fid_callback(enabled=True, checkpoint=clf["checkpoint"], num_images=40, sample_batch_size=16)
+    callback.setup(None, model, "test")
     data = instantiate(cfg.data)
     data.setup("test")
     batch = next(iter(data.test_dataloader()))
     real, labels = batch["image"][:40], batch["label"][:40]
-    model._real = {"image": [real], "label": labels.tolist(), "caption": []}
+    callback._start(model)
+    callback._update(None, model, None, {"image": real, "label": labels})
     # a "perfect" sampler returns the very images the requested classes came from
-    monkeypatch.setattr(model, "sample", lambda requests, per_condition, seed, **_: real[seed - model.sampling["seed"]:][: len(requests)])
-    results = model.sample_fid()
-    classifier = model._fid[0].extractor
+    monkeypatch.setattr(model, "sample_one_each", lambda requests, count, seed_offset: real[seed_offset:][:count])
+    results = {**callback._add_samples(model), **callback.evaluator.compute()}
+    classifier = callback.evaluator.extractor
     assert results["class_acc"] == pytest.approx(float((classifier.predict(real) == labels).float().mean()))
     assert results["class_acc"] > 0.3, (clf, results)  # the tiny classifier is far above chance (10 %) on real digits
     assert abs(results["fid_domain"]) < 1e-3
 
 
 def test_fid_without_classifier_checkpoint_is_one_line(cfg_factory):
-    with pytest.raises(ConfigError, match=r"^model\.fid\.checkpoint: required when features=domain"):
-        train(cfg_factory(*TINY_LDM, "model.fid.enabled=true"))
+    with pytest.raises(ConfigError, match=r"^metrics\.fid\.checkpoint: required when features=domain"):
+        train(cfg_factory(*TINY_LDM, "metrics.fid.enabled=true"))
+
+
+@pytest.mark.parametrize("override, key, moved_to", [("+model.fid.enabled=true", "model.fid", "metrics.fid"),
+                                                     ("+model.sampling.every_n_epochs=2", "model.sampling.every_n_epochs", "callbacks.sample_grid.every_n_epochs")])
+def test_keys_that_moved_out_of_the_model_are_named_with_their_new_place(cfg_factory, override, key, moved_to):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: moved to {re.escape(moved_to)}"):
+        train(cfg_factory(*TINY_LDM, override))
 
 
 def test_sample_command_logs_to_the_runs_wandb(cfg_factory, tmp_path):
     from latentbench.cli import main
 
-    metrics = train(cfg_factory(*TINY_LDM, "logger=wandb", "model.sampling.every_n_epochs=0", "model.ema_decay=null"))
+    metrics = train(cfg_factory(*TINY_LDM, "logger=wandb", "callbacks.sample_grid.every_n_epochs=0", "model.ema_decay=null"))
     out = tmp_path / "samples"
     assert main(["sample", f"checkpoint={tmp_path}", f"output={out}", "steps=3", "per_condition=3"]) == 0
     record = json.loads((out / "samples.json").read_text())

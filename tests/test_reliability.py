@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -101,11 +100,8 @@ def test_nan_loss_read_back_lazily_still_stops_before_any_checkpoint_of_it(tmp_p
     """On a GPU the loss is read back every log_every_n_steps steps and before each checkpoint, not
     every step (defer=True, forced here on the CPU): the error names the first bad step, and the
     periodic checkpoint due after it is not written."""
-    import latentbench.train as train_module
-    from latentbench.callbacks import StopOnNonFiniteLoss
-
-    monkeypatch.setattr(train_module, "StopOnNonFiniteLoss", functools.partial(StopOnNonFiniteLoss, defer=True))
     code = main(["train", "model=ae", "trainer=cpu", "logger=none", "trainer.max_epochs=2", "trainer.log_every_n_steps=10",
+                 "callbacks.stop_on_non_finite_loss.defer=true",
                  "callbacks.periodic_checkpoint.every_n_steps=5", f"hydra.run.dir={tmp_path}",
                  "+callbacks.poison._target_=tests.helpers.PoisonLossAtStep", "+callbacks.poison.step=12"])
     assert code == 1

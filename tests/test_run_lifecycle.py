@@ -130,6 +130,22 @@ def test_a_signal_saves_last_ckpt_marks_the_run_interrupted_and_resumes_exactly(
     assert {k: metrics[k] for k in COMPARED} == {k: uninterrupted[k] for k in COMPARED}
 
 
+def test_sigterm_without_save_on_interrupt_keeps_the_last_save_and_still_resumes_exactly(uninterrupted, tmp_path):
+    """With callbacks.save_on_interrupt=null Lightning stops by itself on SIGTERM: the run is still
+    marked interrupted (not left running), keeps its last periodic save, and resumes to the same result."""
+    run_dir = tmp_path / "run"
+    result = train_into(run_dir, "callbacks.save_on_interrupt=null", "+callbacks.signal._target_=tests.helpers.SignalAtHook",
+                        "+callbacks.signal.hook=train_batch_end", "+callbacks.signal.n=8", "+callbacks.signal.signum=SIGTERM",
+                        "+callbacks.signal.epoch=0")
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert f"interrupted by SIGTERM: kept {run_dir}/checkpoints/last.ckpt; continue with:" in result.stderr
+    run = RunDir(run_dir)
+    assert run.status() == "interrupted" and not run.lock_file.exists()
+    assert torch.load(run.last_checkpoint, weights_only=True)["global_step"] == 5  # the periodic save before step 8
+    assert run_cli("train", f"resume={run_dir}").returncode == 0
+    assert {k: run.metrics()[k] for k in COMPARED} == {k: uninterrupted[k] for k in COMPARED}
+
+
 def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

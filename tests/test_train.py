@@ -202,3 +202,36 @@ def test_ae_xavier_init_scales_by_the_activation_and_keeps_the_code_alive(activa
     assert all(torch.count_nonzero(m.bias) == 0 for m in nets["xavier"].modules() if isinstance(m, torch.nn.Linear))
     spread = {init: net.encode(x).std(0).mean().item() for init, net in nets.items()}
     assert spread["xavier"] > 10 * spread["default"], spread
+
+
+ALWAYS_ON = {"stop_on_non_finite_loss": "StopOnNonFiniteLoss", "save_on_interrupt": "SaveOnInterrupt",
+             "model_checkpoint": "RunCheckpoint", "best_val_metrics": "BestValidationMetrics", "rng_state": "RngStateCheckpoint",
+             "model_class": "ModelClassInCheckpoint", "channels_last": "ChannelsLast", "sample_grid": "SampleGrid"}
+
+
+def test_every_callback_of_a_run_comes_from_its_config(cfg_factory):
+    """No callback is added in code: each one the trainer runs is a node of callbacks/ or metrics/, so
+    --cfg job shows the whole run, and callbacks=none leaves none of ours."""
+    from latentbench.train import build_run
+
+    objects = build_run(cfg_factory("model=ae"))
+    ours = [type(c).__name__ for c in objects["trainer"].callbacks if type(c).__module__.startswith("latentbench")]
+    assert set(ALWAYS_ON.values()) <= set(ours)
+    assert sorted(ours) == sorted(type(c).__name__ for c in objects["callbacks"])  # Lightning moves checkpointing last
+    composed = objects["trainer"].callbacks
+    assert type(composed[0]).__name__ == "StopOnNonFiniteLoss" and type(composed[-1]).__name__ == "SaveOnInterrupt"
+    bare = build_run(cfg_factory("model=ae", "callbacks=none"))["trainer"].callbacks
+    assert not [c for c in bare if type(c).__module__.startswith("latentbench")]
+    without_rng = build_run(cfg_factory("model=ae", "callbacks.rng_state=null"))["trainer"].callbacks
+    assert "RngStateCheckpoint" not in [type(c).__name__ for c in without_rng]
+
+
+def test_cfg_job_lists_every_callback(tmp_path):
+    from tests.conftest import run_cli
+
+    result = run_cli("train", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout
+    for name, cls in ALWAYS_ON.items():
+        assert f"  {name}:\n" in printed and f".{cls}\n" in printed, name
+    assert "latentbench.evaluation.fid.fid_callback" in printed and "latentbench.callbacks.progress_bar" in printed

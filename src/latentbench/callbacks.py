@@ -74,6 +74,45 @@ class ReconstructionGrid(pl.Callback):
             self._log(trainer, batch, outputs, "test/reconstructions")
 
 
+class SampleGrid(pl.Callback):
+    """Every ``every_n_epochs`` validation epochs and at test: the model's fixed-seed sample grid
+    (``val/samples``, ``test/samples``), one row per class or prompt of its ``sampling`` defaults.
+
+    For models that sample (``model=ldm``: ``sample_grid``); others are skipped. Every process
+    samples (a sharded model's forward needs them all); the first one logs.
+
+    Args:
+        every_n_epochs (`int`): validation epochs between grids; 0 never (not at test either).
+    """
+
+    def __init__(self, every_n_epochs: int = 1):
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs: must be >= 0, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, key: str) -> None:
+        if not callable(getattr(pl_module, "sample_grid", None)):
+            return
+        images, requests = pl_module.sample_grid()
+        if not trainer.is_global_zero:
+            return
+        per_row = pl_module.sampling["per_condition"] if requests else min(len(images), 8)
+        rows = list(images.float().cpu().split(per_row))
+        if len(rows[-1]) != per_row:
+            rows = rows[:-1] or rows
+        caption = "rows: " + " | ".join(map(str, requests)) if requests else "unconditional samples"
+        log_image(trainer.loggers, trainer.default_root_dir, key, grid_image(rows), trainer.global_step, caption)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        every = self.every_n_epochs
+        if every and not trainer.sanity_checking and (trainer.current_epoch + 1) % every == 0:
+            self._log(trainer, pl_module, "val/samples")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if self.every_n_epochs:
+            self._log(trainer, pl_module, "test/samples")
+
+
 def project_2d(codes: np.ndarray) -> np.ndarray:
     """``(N, D)`` codes -> ``(N, 2)``: the codes themselves when D <= 2, else their first two PCs."""
     if codes.shape[1] == 2:
@@ -356,6 +395,38 @@ class RngStateCheckpoint(pl.Callback):
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class ChannelsLast(pl.Callback):
+    """Conv models in channels-last memory format (faster convolutions with tensor cores).
+
+    Args:
+        enabled (`bool`): off by default (``channels_last=true`` at the top level turns it on).
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.enabled:
+            pl_module.to(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.enabled:
+            return
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 4:
+                batch[key] = value.contiguous(memory_format=torch.channels_last)
+
+
+def progress_bar(interactive: bool | None = None) -> pl.callbacks.RichProgressBar | None:
+    """Lightning's rich progress bar in a terminal; None (no bar: log lines only) when the output is
+    a file or pipe (``interactive: null`` asks whether stdout is a terminal)."""
+    import sys
+
+    if interactive is None:
+        interactive = sys.stdout.isatty()
+    return pl.callbacks.RichProgressBar() if interactive else None
 
 
 class PeriodicCheckpoint(pl.Callback):

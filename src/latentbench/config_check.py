@@ -15,7 +15,7 @@ import typing
 from typing import Any, Literal, Union
 
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from latentbench.errors import ConfigError
 
@@ -30,8 +30,40 @@ TOP_LEVEL_TYPES = {
 }
 
 
-def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "corruption", "trainer", "logger", "callbacks")) -> None:
+# Keys that moved out of the model config (the LDM's sample metrics and grid became callbacks).
+MOVED_KEYS = {
+    "model.fid": "metrics.fid (with images=auto it measures a diffusion model's samples)",
+    "model.sampling.every_n_epochs": "callbacks.sample_grid.every_n_epochs",
+}
+
+
+def check_moved_keys(cfg: DictConfig) -> None:
+    for old, new in MOVED_KEYS.items():
+        if OmegaConf.select(cfg, old, default=None) is not None:
+            raise ConfigError(f"{old}: moved to {new}")
+
+
+def is_moved_override(override: str) -> bool:
+    """``model.fid.enabled=true`` and the like: an override of a key that moved (an older run's record)."""
+    key = override.lstrip("+~").partition("=")[0]
+    return any(key == old or key.startswith(old + ".") for old in MOVED_KEYS)
+
+
+def drop_moved_keys(model: DictConfig) -> DictConfig:
+    """An older run's recorded model node without the keys that moved (for ``latentbench eval``)."""
+    model = model.copy()
+    for old in MOVED_KEYS:
+        parent, _, name = old.removeprefix("model.").rpartition(".")
+        node = OmegaConf.select(model, parent) if parent else model
+        if isinstance(node, DictConfig) and name in node:
+            with open_dict(node):
+                node.pop(name)
+    return model
+
+
+def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "corruption", "trainer", "logger", "callbacks", "metrics")) -> None:
     """Raise ConfigError for the first missing value, unknown key or wrongly typed value in ``cfg``."""
+    check_moved_keys(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]}: missing required value (set it on the command line, e.g. {missing[0]}=...)")

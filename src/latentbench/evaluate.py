@@ -29,15 +29,17 @@ USAGE = "usage: latentbench eval checkpoint=<path to .ckpt> [overrides, e.g. met
 def eval_config(checkpoint: Path, overrides: list[str]) -> tuple[DictConfig, RunDir]:
     """The run's config with ``overrides`` applied, writing into the run directory."""
     from latentbench.compose import compose_run_config, preflight
+    from latentbench.config_check import drop_moved_keys, is_moved_override
     from latentbench.resume import recorded_overrides
 
     run = RunDir.containing(checkpoint)
     run.metrics()  # a corrupt metrics.json is named now, not after the evaluation
-    saved = recorded_overrides(run)
+
+    saved = [o for o in recorded_overrides(run) if not is_moved_override(o)]  # an older run's model.fid=...
     preflight([*saved, *overrides])
     cfg = compose_run_config([*saved, *overrides], run.path)
     with open_dict(cfg):
-        cfg.model = run.recorded_config().model  # the architecture the checkpoint was trained with
+        cfg.model = drop_moved_keys(run.recorded_config().model)  # the architecture the checkpoint was trained with
     return cfg, run
 
 

@@ -41,7 +41,8 @@ def run_hydra_jobs(args: list[str]) -> int:
     from hydra._internal.utils import _run_hydra, get_args_parser
 
     from latentbench.run_dir import RunDir
-    from latentbench.train import RunInterrupted, TrainingFailed, objective, record_failure, train
+    from latentbench.interrupts import RunInterrupted
+    from latentbench.train import TrainingFailed, objective, record_failure, train
 
     preflight(args)
     failures: list[int] = []  # exit code of each failed job

@@ -26,7 +26,7 @@ HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "-
 RESUME_KEYS = ("resume=", "hydra.run.dir=")
 EXTENDING_KEYS = ("trainer.max_epochs", "trainer.max_steps")
 RESUME_SAFE = (*EXTENDING_KEYS, "logger", "logger.*", "trainer.devices", "trainer.num_nodes", "data.num_workers",
-               "callbacks.periodic_checkpoint.*", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
+               "callbacks.periodic_checkpoint.*", "trainer.log_every_n_steps", "trainer.enable_progress_bar", "callbacks.progress_bar.*",
                "hydra.*", "hydra/launcher")
 
 

@@ -38,6 +38,19 @@ class RunDirError(ConfigError):
     """A run directory, or a file in it, cannot serve: missing, unreadable, in use, unwritable."""
 
 
+def resolve_checkpoint(path: str | Path) -> str:
+    """A checkpoint file as given; a run directory stands for the checkpoint it was tested with
+    (:meth:`RunDir.tested_checkpoint`), else its ``last.ckpt``.
+
+    Lets a user write ``...checkpoint=outputs/<run>`` instead of quoting ``best-epoch=003.ckpt``,
+    whose ``=`` Hydra's override grammar would otherwise refuse.
+    """
+    run = RunDir(path)
+    if not run.path.is_dir():
+        return str(path)
+    return str(run.tested_checkpoint() or run.last_checkpoint)
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 

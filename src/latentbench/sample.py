@@ -67,7 +67,8 @@ def parse_arguments(args: list[str]) -> dict[str, Any]:
 def load_model(checkpoint: str, device: str):
     """The LDM of a checkpoint file or run directory, on ``device`` (auto: CUDA when present), in eval mode."""
     from latentbench.checkpoints import read_checkpoint
-    from latentbench.models.ldm import LatentDiffusion, resolve_checkpoint
+    from latentbench.models.ldm import LatentDiffusion
+    from latentbench.run_dir import resolve_checkpoint
 
     path = resolve_checkpoint(str(checkpoint))
     read_checkpoint(path, "checkpoint", expected=LatentDiffusion)

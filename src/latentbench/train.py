@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from latentbench.callbacks import BestValidationMetrics, RngStateCheckpoint, StopOnNonFiniteLoss
-from latentbench.checkpoints import DurableCheckpointIO, ModelClassInCheckpoint, read_checkpoint
+from latentbench.callbacks import BestValidationMetrics
+from latentbench.checkpoints import DurableCheckpointIO, read_checkpoint
 from latentbench.config_check import check_config
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
+from latentbench.interrupts import RunInterrupted, SaveOnInterrupt, signal_name
 from latentbench.run_dir import RunDir
 from latentbench.tracking import git_commit, log_run_artifacts, scrub, scrub_files, wandb_loggers
 
@@ -35,18 +39,6 @@ def check_hardware(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.precision: '{precision}' needs a CUDA GPU; on the CPU use precision=bf16-mixed or 32")
 
 
-class ChannelsLast(pl.Callback):
-    """Conv models in channels-last memory format (faster convolutions with tensor cores)."""
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        pl_module.to(memory_format=torch.channels_last)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        for key, value in batch.items():
-            if isinstance(value, torch.Tensor) and value.dim() == 4:
-                batch[key] = value.contiguous(memory_format=torch.channels_last)
-
-
 def apply_compile(model: pl.LightningModule, cfg: DictConfig) -> pl.LightningModule:
     """``torch.compile`` the module when ``compile.enabled``; Lightning trains the compiled wrapper."""
     options = cfg.get("compile")
@@ -56,12 +48,27 @@ def apply_compile(model: pl.LightningModule, cfg: DictConfig) -> pl.LightningMod
     return torch.compile(model, mode=options.mode, backend=options.backend)
 
 
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+def build_callbacks(cfg: DictConfig, **provided: Any) -> list[pl.Callback]:
+    """The ``metrics`` group's callbacks, then the ``callbacks`` group's, each in config order.
+
+    A node's ``_target_`` is a callback class or a factory that returns one, or None when it is
+    off (``metrics.fid`` without a checkpoint, the progress bar outside a terminal). Targets that
+    take them get the ``provided`` objects (``image_shape`` of the data, the built ``model``).
+    """
+    import inspect
+
+    from hydra.utils import get_object
+
     callbacks = []
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node is not None and "_target_" in node:
-            log.info("callback %s: %s", name, node._target_)
-            callbacks.append(build(node, f"callbacks.{name}"))
+    for group in ("metrics", "callbacks"):
+        for name, node in (cfg.get(group) or {}).items():
+            if node is None or "_target_" not in node:
+                continue
+            params = inspect.signature(get_object(node._target_)).parameters
+            callback = build(node, f"{group}.{name}", **{k: v for k, v in provided.items() if k in params and k not in node})
+            if callback is not None:
+                log.info("%s %s: %s", group, name, type(callback).__name__)
+                callbacks.append(callback)
     return callbacks
 
 
@@ -135,21 +142,10 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     model = build(cfg.model, "model", **data_arguments(cfg.model, datamodule), _recursive_=False, _convert_="all")
     if corruption:
         check_corruption_fits_model(cfg, corruption["corruption"], datamodule, model)
-    callbacks = build_callbacks(cfg)
-    from latentbench.evaluation.fid import metric_callbacks
-
-    # FID etc. (metrics group), validated here; first, so that best-val metrics and checkpoints see their values
-    callbacks[0:0] = metric_callbacks(cfg, datamodule.image_shape)
-    for always in (BestValidationMetrics, RngStateCheckpoint, ModelClassInCheckpoint):
-        if not any(isinstance(c, always) for c in callbacks):
-            callbacks.append(always())
-    callbacks.insert(0, StopOnNonFiniteLoss())  # first: no later callback may checkpoint a NaN state
+    # metrics first: best-val metrics and checkpoints see the values they log
+    shape = getattr(datamodule, "image_shape", None)
+    callbacks = build_callbacks(cfg, image_shape=list(shape) if shape is not None else None, model=model)
     loggers = build_loggers(cfg)
-    if cfg.get("channels_last"):
-        callbacks.append(ChannelsLast())
-    interactive = sys.stdout.isatty()
-    if interactive:
-        callbacks.append(pl.callbacks.RichProgressBar())
     trainer = build(
         cfg.trainer,
         "trainer",
@@ -157,9 +153,14 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
         logger=loggers or False,
         deterministic=cfg.deterministic,
         default_root_dir=cfg.paths.output_dir,
-        enable_progress_bar=interactive,
+        enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks),
         plugins=[DurableCheckpointIO()],
     )
+    # save_on_interrupt acts last of all (Lightning has moved checkpointing to the end): a signal that
+    # arrives during any other callback's hook is still acted on at the end of the same step
+    for callback in [c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)]:
+        trainer.callbacks.remove(callback)
+        trainer.callbacks.append(callback)
     return {"datamodule": datamodule, "model": model, "trainer": trainer, "loggers": loggers, "callbacks": callbacks}
 
 
@@ -211,21 +212,6 @@ def finish_loggers(loggers: list, failed: bool) -> None:
 
 class TrainingFailed(RuntimeError):
     """A run stopped by an error during training or testing; ``metrics.json`` records why."""
-
-
-class RunInterrupted(BaseException):
-    """A run stopped by a signal (SIGTERM, SIGINT, SIGUSR1) after saving ``last.ckpt``.
-
-    A BaseException, like KeyboardInterrupt: it must end a Hydra multirun too, not only its job.
-    """
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
 
 
 def resume_checkpoint(cfg: DictConfig, run: RunDir) -> str | None:
@@ -320,7 +306,6 @@ def finished_as_configured(cfg: DictConfig, run: RunDir) -> dict[str, Any] | Non
 def requeue_slurm_job(signum: int) -> None:
     """Under SLURM, SIGUSR1 (``sbatch --signal=USR1@<seconds>``) means the time limit is near:
     requeue the job (``scontrol requeue``), whose next start continues this run by itself."""
-    import signal
     import subprocess
 
     job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
@@ -367,15 +352,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero:
         run.acquire_lock()
     failed = True
+    interrupt = next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
     try:
-        with InterruptSignals() as signals:
+        with interrupt.signals if interrupt is not None else contextlib.nullcontext():
             if rank_zero:
                 run.reserve_space()
                 run.start(int(cfg.seed), git_commit(), wandb_run_id_of(objects))
             scrub_files(sorted(run.hydra_dir.glob("*.yaml")))
             for logger in objects["loggers"]:
                 logger.log_hyperparams(scrub(OmegaConf.to_container(cfg, resolve=True)))
-            trainer.callbacks.append(SaveOnInterrupt(signals, str(run.last_checkpoint)))
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=True)
             metrics = collect_metrics(cfg, trainer, test_results, objects)
@@ -389,13 +374,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.info("metrics: %s", run.metrics_file)
         failed = False
         return metrics
-    except RunInterrupted as interrupted:
+    except (RunInterrupted, SIGTERMException) as error:
+        # Lightning stops by itself (SIGTERMException) on a SIGTERM that came after save_on_interrupt's
+        # hook in the step, or when that callback is turned off: the run keeps its last saved state
+        interrupted = error if isinstance(error, RunInterrupted) else RunInterrupted(signal.SIGTERM, "interrupted by SIGTERM", saved=False)
         if rank_zero:
-            run.mark("interrupted", signal=signal_name(interrupted.signum), checkpoint=run.relative(run.last_checkpoint))
-            print(f"interrupted by {signal_name(interrupted.signum)}: saved {run.last_checkpoint}; continue with:\n"
+            kept = run.last_checkpoint.is_file()
+            run.mark("interrupted", signal=signal_name(interrupted.signum), checkpoint=run.relative(run.last_checkpoint) if kept else None)
+            state = f"saved {run.last_checkpoint}" if interrupted.saved else f"kept {run.last_checkpoint if kept else 'no checkpoint yet'}"
+            print(f"interrupted by {signal_name(interrupted.signum)}: {state}; continue with:\n"
                   f"  {resume_command(run)}", file=sys.stderr)
             requeue_slurm_job(interrupted.signum)
-        raise
+        if interrupted is error:
+            raise
+        raise interrupted from None
     except ConfigError:
         if rank_zero:
             record_failure(run, cfg, sys.exc_info()[1])
@@ -409,78 +401,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             finish_loggers(objects["loggers"], failed)
             run.release_reserve()
             run.release_lock()
-
-
-INTERRUPT_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
-
-
-class InterruptSignals:
-    """While active, SIGTERM, SIGINT and SIGUSR1 only note that they arrived (``received``);
-    :class:`SaveOnInterrupt` acts on it at the next safe point. The previous handlers come back on exit.
-
-    Lightning adds its own SIGTERM handler during ``fit`` and calls this one from it.
-    """
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _note(self, signum, frame) -> None:
-        if self.received is None:
-            print(f"{signal_name(signum)} received: saving last.ckpt at the end of this step", file=sys.stderr)
-        self.received = signum
-
-    def __enter__(self) -> "InterruptSignals":
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for name in INTERRUPT_SIGNALS:
-                signum = getattr(signal, name)
-                self._previous[signum] = signal.signal(signum, self._note)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-
-
-class SaveOnInterrupt(pl.Callback):
-    """After a signal noted by :class:`InterruptSignals`: at the end of the current training step,
-    save ``last.ckpt`` and stop with :class:`RunInterrupted`. During validation the run stops at
-    the next batch; the checkpoint is then the one saved at the end of the last training step, so
-    the resumed run repeats that validation. During test (training is over) it stops at once."""
-
-    def __init__(self, signals: InterruptSignals, path: str):
-        self.signals, self.path = signals, path
-
-    def _stop(self, trainer: pl.Trainer, save: bool) -> None:
-        signum = self.signals.received
-        if signum is None:
-            return
-        if save:
-            trainer.save_checkpoint(self.path)
-        raise RunInterrupted(signum, f"interrupted by {signal_name(signum)} at step {trainer.global_step}")
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._stop(trainer, save=False)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._stop(trainer, save=True)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._stop(trainer, save=False)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._stop(trainer, save=False)
 
 
 def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:

@@ -25,15 +25,19 @@ states reduce across DDP ranks like every torchmetrics metric.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from latentbench.errors import ConfigError, first_line
+
+log = logging.getLogger(__name__)
 
 Features = Literal["inception", "domain"]
 FEATURES = ("inception", "domain")
@@ -238,65 +242,113 @@ def make_fid(
     raise ConfigError(f"{key}.features: {features!r} is not allowed (allowed: {', '.join(FEATURES)})")
 
 
-# -- reconstruction FID during training / testing -------------------------------------------------
-import logging  # noqa: E402
-
-import pytorch_lightning as pl  # noqa: E402
-
-log = logging.getLogger(__name__)
+# -- FID of reconstructions or samples during training / testing (metrics.fid) ---------------------
+KEY = "metrics.fid"
+IMAGES = ("auto", "reconstructions", "samples")
 
 
-class ReconstructionFID(pl.Callback):
-    """FID (and KID) of real vs reconstructed images, logged as ``test/fid_<features>`` at test
-    and ``val/fid_<features>`` every ``every_n_val_epochs`` validation epochs.
+def can_sample(pl_module) -> bool:
+    """Whether a model generates images (a diffusion model's ``sample`` / ``sample_one_each``)."""
+    return callable(getattr(pl_module, "sample_one_each", None))
 
-    Uses the ``reconstruction`` the model's validation/test step returns; models without one
-    (classifiers) are skipped with a warning.
+
+class FID(pl.Callback):
+    """FID (and KID) of real evaluation images vs the model's reconstructions or its samples.
+
+    - ``reconstructions``: the ``reconstruction`` each validation/test step returns, against its
+      batch's images; logged as ``<stage>/fid_<features>``. Models without reconstructions
+      (classifiers) are skipped with a warning.
+    - ``samples``: the first ``num_images`` evaluation images are kept with their classes/captions;
+      at the epoch's end the model samples one image for each (its sampling defaults, fixed seeds:
+      image i starts from noise ``sampling.seed + i``), logged as ``<stage>/sample_fid_<features>``.
+      With class conditioning and domain features also ``<stage>/sample_class_acc``: the share of
+      samples that the FID's classifier assigns to the class they were sampled for.
+    - ``auto``: samples for models that sample (``model=ldm``), reconstructions otherwise.
+
+    Runs at every test and every ``every_n_val_epochs`` validation epochs (null: test only).
 
     Args:
         evaluator (`FIDEvaluator`): from :func:`make_fid`.
-        num_images (`int`): images per evaluation (per process under DDP).
-        every_n_val_epochs (`int`, *optional*): also on validation images every N epochs.
+        num_images (`int`): real images per evaluation (per process under DDP), and as many samples.
+        every_n_val_epochs (`int`, *optional*): also at validation every N epochs.
+        images (`str`): ``auto``, ``reconstructions`` or ``samples``.
+        sample_batch_size (`int`): samples generated at once.
     """
 
-    def __init__(self, evaluator: FIDEvaluator, num_images: int = 1000, every_n_val_epochs: int | None = None):
+    def __init__(self, evaluator: FIDEvaluator, num_images: int = 1000, every_n_val_epochs: int | None = None,
+                 images: str = "auto", sample_batch_size: int = 64):
         self.evaluator, self.num_images, self.every_n_val_epochs = evaluator, num_images, every_n_val_epochs
+        self.images, self.sample_batch_size = images, sample_batch_size
+        self.of_samples = images == "samples"
         self.active = False
         self.warned = False
+        self.real: list[torch.Tensor] = []
+        self.requests: list | None = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        self.of_samples = self.images == "samples" or (self.images == "auto" and can_sample(pl_module))
+        if self.of_samples and not can_sample(pl_module):
+            raise ConfigError(f"{KEY}.images: samples asked for, but {type(pl_module).__name__} does not sample (use images=reconstructions)")
         self.evaluator.to(pl_module.device)
+
+    @property
+    def num_kept(self) -> int:
+        return sum(len(images) for images in self.real) if self.of_samples else self.evaluator.num_real
 
     def _start(self, pl_module) -> None:
         self.evaluator.to(pl_module.device)
         self.evaluator.reset()
+        self.real, self.requests = [], []
         self.active = True
 
-    def _update(self, trainer, outputs, batch) -> None:
-        if not self.active or self.evaluator.num_real >= self.num_images:
+    def _update(self, trainer, pl_module, outputs, batch) -> None:
+        if not self.active or self.num_kept >= self.num_images:
+            return
+        take = self.num_images - self.num_kept
+        if self.of_samples:
+            self.real.append(batch["image"][:take].detach())
+            requests = pl_module.requests_from_batch(batch)
+            self.requests = None if requests is None else [*self.requests, *requests[:take]]
             return
         if not isinstance(outputs, dict) or "reconstruction" not in outputs:
             if not self.warned:
-                log.warning("metrics.fid: the model returns no reconstructions; reconstruction FID skipped")
+                log.warning("%s: the model returns no reconstructions; reconstruction FID skipped", KEY)
                 self.warned = True
             self.active = False
             return
         shape = tuple(trainer.datamodule.image_shape)
-        take = self.num_images - self.evaluator.num_real
         real = batch["image"][:take].reshape(-1, *shape)
         fake = outputs["reconstruction"][:take].reshape(-1, *shape)
         self.evaluator.update(real, fake.clamp(0, 1))
+
+    def _add_samples(self, pl_module) -> dict[str, float]:
+        """Sample one image per kept real image (same class/caption) and add both; ``{"class_acc": ...}`` where it applies."""
+        real = torch.cat(self.real)
+        classifier = self.evaluator.extractor if isinstance(self.evaluator.extractor, DomainFeatures) else None
+        by_class = self.requests is not None and all(isinstance(r, int) for r in self.requests)
+        correct = 0
+        for start in range(0, len(real), self.sample_batch_size):
+            count = min(self.sample_batch_size, len(real) - start)
+            requests = None if self.requests is None else self.requests[start : start + count]
+            fake = pl_module.sample_one_each(requests, count, seed_offset=start)
+            self.evaluator.update(real[start : start + count].to(fake.device), fake)
+            if classifier is not None and by_class:
+                correct += int((classifier.predict(fake) == torch.tensor(requests, device=fake.device)).sum())
+        return {"class_acc": correct / len(real)} if classifier is not None and by_class else {}
 
     def _finish(self, pl_module, stage: str) -> None:
         if not self.active:
             return
         self.active = False
-        if self.evaluator.num_real < 2:
-            log.warning("metrics.fid: fewer than 2 %s images; %s FID skipped", stage, stage)
+        if self.num_kept < 2:
+            log.warning("%s: fewer than 2 %s images; %s FID skipped", KEY, stage, stage)
             return
-        for name, value in self.evaluator.compute().items():
-            pl_module.log(f"{stage}/{name}", value)
+        extra = self._add_samples(pl_module) if self.of_samples else {}
+        prefix = f"{stage}/sample_" if self.of_samples else f"{stage}/"
+        for name, value in {**self.evaluator.compute(), **extra}.items():
+            pl_module.log(prefix + name, value)
         self.evaluator.reset()
+        self.real = []
 
     def _val_due(self, trainer) -> bool:
         n = self.every_n_val_epochs
@@ -307,7 +359,7 @@ class ReconstructionFID(pl.Callback):
             self._start(pl_module)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._update(trainer, outputs, batch)
+        self._update(trainer, pl_module, outputs, batch)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._finish(pl_module, "val")
@@ -316,70 +368,65 @@ class ReconstructionFID(pl.Callback):
         self._start(pl_module)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._update(trainer, outputs, batch)
+        self._update(trainer, pl_module, outputs, batch)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._finish(pl_module, "test")
 
 
-def fid_enabled(node) -> bool:
-    """``metrics.fid.enabled``, where null means: on when a checkpoint or weights_path is given."""
-    if node is None:
-        return False
-    if node.get("enabled") is None:
-        return bool(node.get("checkpoint") or node.get("weights_path"))
-    return bool(node.enabled)
+def positive_int(name: str, value, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{KEY}.{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
 
 
-def check_fid_config(node, key: str = "metrics.fid") -> None:
-    """One-line ConfigErrors for a bad ``metrics.fid`` node, before anything is loaded."""
-    if node is None:
-        return
-    enabled = node.get("enabled")
-    if enabled is not None and not isinstance(enabled, bool):
-        raise ConfigError(f"{key}.enabled: expected true, false or null, got {enabled!r}")
-    if not fid_enabled(node):
-        return
-    if node.features not in FEATURES:
-        raise ConfigError(f"{key}.features: {node.features!r} is not allowed (allowed: {', '.join(FEATURES)})")
-    for name in ("num_images",):
-        value = node.get(name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 2:
-            raise ConfigError(f"{key}.{name}: expected an integer >= 2, got {value!r}")
-    every = node.get("every_n_val_epochs")
-    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every <= 0):
-        raise ConfigError(f"{key}.every_n_val_epochs: expected a positive integer or null, got {every!r}")
-    if not isinstance(node.get("kid", False), bool):
-        raise ConfigError(f"{key}.kid: expected true or false, got {node.kid!r}")
-    if node.features == "domain" and not node.get("checkpoint"):
-        raise ConfigError(f"{key}.checkpoint: required when features=domain (the .ckpt of a model=classifier run)")
-    for name in ("checkpoint", "weights_path"):
-        path = node.get(name)
-        if path and not Path(path).is_file():
-            raise ConfigError(f"{key}.{name}: {path} does not exist")
+def fid_callback(
+    enabled: bool | None = None,
+    images: str = "auto",
+    features: str = "domain",
+    checkpoint: str | None = None,
+    weights_path: str | None = None,
+    num_images: int = 1000,
+    every_n_val_epochs: int | None = None,
+    kid: bool = False,
+    sample_batch_size: int = 64,
+    image_shape: list[int] | None = None,
+) -> FID | None:
+    """The :class:`FID` callback of ``metrics.fid``, or None when it is off; checked and loaded now.
 
-
-def metric_callbacks(cfg, image_shape: tuple[int, ...] | None = None) -> list[pl.Callback]:
-    """Callbacks for the run's ``metrics`` config group (validated first); ``[]`` when all are off.
-
-    Loads the FID feature extractor now, so a bad checkpoint or missing weights fail before
-    training; ``image_shape`` (the data's ``(C, H, W)``) must match a domain extractor's input.
+    ``enabled: null`` means on when a ``checkpoint`` (domain) or ``weights_path`` (inception) is
+    given. The feature extractor is loaded here, so that a bad checkpoint or missing weights fail
+    before training; ``image_shape`` (the data's ``(C, H, W)``, given by ``latentbench train``) must
+    match a domain extractor's input.
     """
-    from latentbench.evaluation.sample_clip_score import clip_score_callbacks
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ConfigError(f"{KEY}.enabled: expected true, false or null, got {enabled!r}")
+    if not (bool(checkpoint or weights_path) if enabled is None else enabled):
+        return None
+    if features not in FEATURES:
+        raise ConfigError(f"{KEY}.features: {features!r} is not allowed (allowed: {', '.join(FEATURES)})")
+    if images not in IMAGES:
+        raise ConfigError(f"{KEY}.images: {images!r} is not allowed (allowed: {', '.join(IMAGES)})")
+    positive_int("num_images", num_images, 2)
+    positive_int("sample_batch_size", sample_batch_size)
+    if every_n_val_epochs is not None:
+        positive_int("every_n_val_epochs", every_n_val_epochs)
+    if not isinstance(kid, bool):
+        raise ConfigError(f"{KEY}.kid: expected true or false, got {kid!r}")
+    if features == "domain" and not checkpoint:
+        raise ConfigError(f"{KEY}.checkpoint: required when features=domain (the .ckpt of a model=classifier run)")
+    for name, path in (("checkpoint", checkpoint), ("weights_path", weights_path)):
+        if path and not Path(path).exists():
+            raise ConfigError(f"{KEY}.{name}: {path} does not exist")
+    from latentbench.run_dir import resolve_checkpoint
 
-    metrics = cfg.get("metrics") if cfg is not None else None
-    node = metrics.get("fid") if metrics else None
-    check_fid_config(node)
-    others = clip_score_callbacks(cfg)  # metrics.clip_score: text-conditioned samples vs their prompts
-    if not fid_enabled(node):
-        return others
-    evaluator = make_fid(node.features, checkpoint=node.get("checkpoint"), weights_path=node.get("weights_path"),
-                         kid=bool(node.get("kid", False)), kid_subset_size=max(2, min(1000, int(node.num_images) // 2)))
+    evaluator = make_fid(features, checkpoint=checkpoint and resolve_checkpoint(checkpoint), weights_path=weights_path,
+                         kid=kid, kid_subset_size=max(2, min(1000, num_images // 2)), key=KEY)
     if image_shape is not None and evaluator.image_shape is not None:
         needed, have = int(torch.tensor(evaluator.image_shape).prod()), int(torch.tensor(image_shape).prod())
         if needed != have:
-            raise ConfigError(f"metrics.fid.checkpoint: the classifier takes images of shape {tuple(evaluator.image_shape)}, "
+            raise ConfigError(f"{KEY}.checkpoint: the classifier takes images of shape {tuple(evaluator.image_shape)}, "
                               f"this run's data gives {tuple(image_shape)} (train a classifier on the same data)")
-    log.info("metrics.fid: %s features on %d images%s", node.features, node.num_images,
-             f", every {node.every_n_val_epochs} validation epochs" if node.get("every_n_val_epochs") else " at test")
-    return [ReconstructionFID(evaluator, int(node.num_images), node.get("every_n_val_epochs")), *others]
+    log.info("%s: %s features on %d images (%s)%s", KEY, features, num_images, images,
+             f", every {every_n_val_epochs} validation epochs" if every_n_val_epochs else " at test")
+    return FID(evaluator, num_images, every_n_val_epochs, images, sample_batch_size)

@@ -1,8 +1,8 @@
 """CLIP score of a text-conditioned LDM's samples against their prompts (``metrics.clip_score``).
 
-At the LDM's sampling interval (``model.sampling.every_n_epochs``) and at test, the callback
-samples one image per validation/test caption (the first ``num_prompts`` distinct ones, fixed
-seeds: image i starts from noise ``sampling.seed + i``), scores each image against its caption
+Every ``every_n_val_epochs`` validation epochs and at test, the callback samples one image per
+validation/test caption (the first ``num_prompts`` distinct ones, with the model's sampling
+defaults and fixed seeds: image i starts from noise ``sampling.seed + i``), scores each image against its caption
 with :class:`~latentbench.evaluation.clip_score.CLIPScore` and logs ``val/clip_score_<model>`` /
 ``test/clip_score_<model>`` (``local`` for our own ``model=clip`` checkpoint, else the open_clip
 architecture): scores under different CLIP models are not comparable.
@@ -28,10 +28,12 @@ class SampleCLIPScore(pl.Callback):
         score (`CLIPScore`): the metric (with its loaded CLIP).
         num_prompts (`int`): distinct captions (one sample each) per evaluation.
         batch_size (`int`): prompts sampled at once.
+        every_n_val_epochs (`int`, *optional*): at validation every N epochs (null: at test only).
     """
 
-    def __init__(self, score: CLIPScore, num_prompts: int = 64, batch_size: int = 32):
+    def __init__(self, score: CLIPScore, num_prompts: int = 64, batch_size: int = 32, every_n_val_epochs: int | None = 1):
         self.score, self.num_prompts, self.batch_size = score, num_prompts, batch_size
+        self.every_n_val_epochs = every_n_val_epochs
         self.prompts: list[str] = []
 
     def _start(self) -> None:
@@ -44,17 +46,16 @@ class SampleCLIPScore(pl.Callback):
             if caption and caption not in self.prompts:
                 self.prompts.append(caption)
 
-    def _due(self, trainer, pl_module) -> bool:
-        every = pl_module.sampling.get("every_n_epochs")
+    def _due(self, trainer) -> bool:
+        every = self.every_n_val_epochs
         return bool(every) and not trainer.sanity_checking and (trainer.current_epoch + 1) % every == 0
 
     def evaluate(self, pl_module) -> float:
         """Sample one image per collected prompt and return their mean CLIP score."""
-        options = {key: pl_module.sampling[key] for key in ("sampler", "steps", "guidance_scale")}
         self.score.reset()
         for start in range(0, len(self.prompts), self.batch_size):
             prompts = self.prompts[start : start + self.batch_size]
-            images = pl_module.sample(prompts, per_condition=1, seed=pl_module.sampling["seed"] + start, **options)
+            images = pl_module.sample_one_each(prompts, len(prompts), seed_offset=start)
             self.score.to(images.device)
             self.score.update(images, prompts)
         return float(self.score.compute())
@@ -72,7 +73,7 @@ class SampleCLIPScore(pl.Callback):
         self._collect(batch)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self._due(trainer, pl_module):
+        if self._due(trainer):
             self._finish(pl_module, "val")
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
@@ -85,52 +86,51 @@ class SampleCLIPScore(pl.Callback):
         self._finish(pl_module, "test")
 
 
-def clip_score_enabled(node) -> bool:
-    """``metrics.clip_score.enabled``, where null means: on when a checkpoint or model_name is given."""
-    if node is None:
-        return False
-    if node.get("enabled") is None:
-        return bool(node.get("checkpoint") or node.get("model_name"))
-    return bool(node.enabled)
+def clip_score_callback(
+    enabled: bool | None = None,
+    checkpoint: str | None = None,
+    model_name: str | None = None,
+    pretrained: str | None = None,
+    num_prompts: int = 64,
+    batch_size: int = 32,
+    every_n_val_epochs: int | None = 1,
+    model=None,
+) -> SampleCLIPScore | None:
+    """The :class:`SampleCLIPScore` of ``metrics.clip_score`` (checked, CLIP loaded), or None when off.
 
-
-def clip_score_callbacks(cfg) -> list[pl.Callback]:
-    """``[SampleCLIPScore]`` for ``metrics.clip_score`` (validated, CLIP loaded), or ``[]`` when off.
-
-    Needs a text-conditioned model (``model=ldm model.conditioning=text``); a missing or bad
-    checkpoint, or an open_clip model that cannot be loaded, is a one-line ConfigError.
+    ``enabled: null`` means on when a ``checkpoint`` or ``model_name`` is given. Needs a
+    text-conditioned ``model`` (``model=ldm model.conditioning=text``, given by ``latentbench
+    train``); a missing or bad checkpoint, or an open_clip model that cannot be loaded, is a
+    one-line ConfigError.
     """
-    metrics = cfg.get("metrics") if cfg is not None else None
-    node = metrics.get("clip_score") if metrics else None
-    if node is None:
-        return []
-    enabled = node.get("enabled")
+    from latentbench.models.conditioning import TextConditioning
+
     if enabled is not None and not isinstance(enabled, bool):
         raise ConfigError(f"{KEY}.enabled: expected true, false or null, got {enabled!r}")
-    if not clip_score_enabled(node):
-        return []
-    for name in ("num_prompts", "batch_size"):
-        value = node.get(name, 32)
+    if not (bool(checkpoint or model_name) if enabled is None else enabled):
+        return None
+    for name, value in (("num_prompts", num_prompts), ("batch_size", batch_size), ("every_n_val_epochs", every_n_val_epochs)):
+        if value is None and name == "every_n_val_epochs":
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{KEY}.{name}: expected a positive integer, got {value!r}")
-    model = cfg.get("model") or {}
-    if model.get("conditioning") != "text" or not model.get("_target_", "").endswith("LatentDiffusion"):
+    if model is not None and not isinstance(getattr(model, "conditioner", None), TextConditioning):
         raise ConfigError(f"{KEY}: scores samples against their prompts, so it needs a text-conditioned model "
-                          f"(model=ldm model.conditioning=text), got model {model.get('_target_')} with conditioning={model.get('conditioning')}")
-    checkpoint, model_name = node.get("checkpoint"), node.get("model_name")
+                          f"(model=ldm model.conditioning=text), got {type(model).__name__}"
+                          f"{' with conditioning=' + str(model.hparams.get('conditioning')) if 'conditioning' in model.hparams else ''}")
     if not checkpoint and not model_name:
         raise ConfigError(f"{KEY}.checkpoint: required when enabled (a model=clip run's .ckpt or run directory), or set {KEY}.model_name (+ pretrained)")
     if checkpoint:
         from latentbench.checkpoints import read_checkpoint
         from latentbench.models.clip import CLIPModel
-        from latentbench.models.ldm import resolve_checkpoint
+        from latentbench.run_dir import resolve_checkpoint
 
         checkpoint = resolve_checkpoint(str(checkpoint))
         read_checkpoint(checkpoint, f"{KEY}.checkpoint", expected=CLIPModel)
     try:
         score = CLIPScore(checkpoint=checkpoint or None, model_name=None if checkpoint else model_name,
-                          pretrained=None if checkpoint else node.get("pretrained"))
+                          pretrained=None if checkpoint else pretrained)
     except ConfigError as error:
         raise ConfigError(f"{KEY}.{'checkpoint' if checkpoint else 'model_name'}: {error}") from None
-    log.info("%s: %s on samples for %d prompts", KEY, score.key("test"), node.num_prompts)
-    return [SampleCLIPScore(score, int(node.num_prompts), int(node.get("batch_size", 32)))]
+    log.info("%s: %s on samples for %d prompts", KEY, score.key("test"), num_prompts)
+    return SampleCLIPScore(score, num_prompts, batch_size, every_n_val_epochs)

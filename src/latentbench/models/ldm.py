@@ -29,6 +29,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from latentbench.checkpoints import read_checkpoint
+from latentbench.run_dir import resolve_checkpoint
 from latentbench.errors import ConfigError
 from latentbench.metrics import reconstruction_metrics
 from latentbench.models.ae_kl import AutoencoderKL
@@ -42,11 +43,11 @@ PredictionType = Literal["epsilon", "v_prediction"]
 Sampler = Literal["ddpm", "ddim", "dpm"]
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 DEFAULT_NOISE_SCHEDULER = {"_target_": "diffusers.DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"}
-DEFAULT_FID = {"enabled": False, "features": "domain", "checkpoint": None, "weights_path": None, "num_samples": 256,
-               "batch_size": 64}
 DEFAULT_UNET = {"_target_": "latentbench.models.ldm.build_unet"}
-DEFAULT_SAMPLING = {"every_n_epochs": 1, "sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "seed": 0,
-                    "per_condition": 4, "prompts": None, "classes": None}
+DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "seed": 0, "per_condition": 4, "prompts": None, "classes": None}
+# Keys that moved out of the model (sample grids, sample FID: callbacks and metrics); an older
+# checkpoint's hyperparameters still hold them, so they are dropped there, not refused.
+MOVED_SAMPLING_KEYS = {"every_n_epochs": "callbacks.sample_grid.every_n_epochs"}
 
 
 def check_keys(name: str, options: dict | None, allowed) -> None:
@@ -133,20 +134,6 @@ def build_unet(
     )
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A run directory stands for its best checkpoint (``metrics.json``'s ``checkpoint``), else its ``last.ckpt``.
-
-    Lets a user write ``...checkpoint=outputs/<run>`` instead of quoting ``best-epoch=003.ckpt``,
-    whose ``=`` Hydra's override grammar would otherwise refuse.
-    """
-    from latentbench.run_dir import RunDir
-
-    run = RunDir(path)
-    if not run.path.is_dir():
-        return path
-    return str(run.tested_checkpoint() or run.last_checkpoint)
-
-
 def load_first_stage(spec: dict[str, Any]) -> tuple[AutoencoderKL | None, dict[str, Any]]:
     """``(frozen ae_kl or None for pixel space, spec to save)`` from ``{"checkpoint": path}``.
 
@@ -226,10 +213,10 @@ class LatentDiffusion(pl.LightningModule):
         condition_dropout (`float`): probability of training on the null condition (for guidance).
         ema_decay (`float`, *optional*): EMA of the U-Net weights, used for sampling; null disables it.
         latent_std_batches (`int`): training batches used to measure the latent standard deviation.
-        sampling (`dict`): sample grids at validation: ``every_n_epochs``, ``sampler``, ``steps``,
-            ``guidance_scale``, ``seed``, ``per_condition``, ``prompts``, ``classes``.
-        fid (`dict`, *optional*): sample FID at validation/test (see ``latentbench.evaluation.fid``);
-            ``{"enabled": bool, "num_samples": int, ...}``.
+        sampling (`dict`): the sampling defaults of :meth:`sample_grid` (and of the sample metrics and
+            ``latentbench sample``): ``sampler``, ``steps``, ``guidance_scale``, ``seed``,
+            ``per_condition``, ``prompts``, ``classes``. When and how often samples are drawn during
+            training is the callbacks' business (``callbacks.sample_grid``, ``metrics.fid``, ``metrics.clip_score``).
         num_classes (`int`, *optional*), has_captions (`bool`): from the data module.
         optimizer, scheduler (`dict`): ``_target_`` configs as in :class:`ReconstructionModel`.
 
@@ -249,7 +236,6 @@ class LatentDiffusion(pl.LightningModule):
         ema_decay: float | None = 0.999,
         latent_std_batches: int = 8,
         sampling: dict | None = None,
-        fid: dict | None = None,
         num_classes: int | None = None,
         has_captions: bool = False,
         optimizer: dict | None = None,
@@ -266,8 +252,9 @@ class LatentDiffusion(pl.LightningModule):
             raise ValueError(f"ema_decay: must lie in (0, 1) or be null, got {ema_decay}")
         check_positive("latent_std_batches", latent_std_batches)
         check_keys("first_stage", first_stage, ("checkpoint", "config"))
+        sampling = {k: v for k, v in (sampling or {}).items() if k not in MOVED_SAMPLING_KEYS}
+        self.hparams["sampling"] = sampling
         check_keys("sampling", sampling, DEFAULT_SAMPLING)
-        check_keys("fid", fid, DEFAULT_FID)
         check_keys("text_encoder", text_encoder, ("checkpoint", "model_name", "pretrained", "model_cfg"))
         self.conditioner = self._build_conditioner(conditioning, num_classes, has_captions, text_encoder or {})
         self.first_stage, self.hparams["first_stage"] = load_first_stage(first_stage or {})
@@ -284,9 +271,6 @@ class LatentDiffusion(pl.LightningModule):
             self.ema.requires_grad_(False)
         self.register_buffer("latent_std", torch.tensor(1.0))
         self.register_buffer("latent_std_measured", torch.tensor(False))
-        self.fid_options = {**DEFAULT_FID, **(fid or {})}
-        self._fid = [self._build_fid()]  # a list: kept out of the module tree, so not in checkpoints
-        self._real: dict[str, list] = {"image": [], "label": [], "caption": []}
         self.val_metrics = reconstruction_metrics("val/first_stage/", True)
         self.test_metrics = reconstruction_metrics("test/first_stage/", True)
 
@@ -306,16 +290,6 @@ class LatentDiffusion(pl.LightningModule):
             prompts = (self.hparams.get("sampling") or {}).get("prompts")
             return TextConditioning(clip, tokenizer, prompts)
         raise ValueError(f"conditioning: {conditioning!r} is not allowed (allowed: none, class, text)")
-
-    def _build_fid(self):
-        """The sample-FID evaluator of ``latentbench.evaluation.fid`` when ``fid.enabled``, else None."""
-        options = self.fid_options
-        if not options["enabled"]:
-            return None
-        check_positive("fid.num_samples", options["num_samples"])
-        from latentbench.evaluation.fid import make_fid
-
-        return make_fid(options["features"], checkpoint=options["checkpoint"], weights_path=options["weights_path"], key="model.fid")
 
     def _latent_shape(self) -> tuple[int, int, int]:
         if self.first_stage is None:
@@ -436,59 +410,7 @@ class LatentDiffusion(pl.LightningModule):
             metrics = self.val_metrics if stage == "val" else self.test_metrics
             metrics.update(reconstruction.float(), images.float())
             self.log_dict(metrics, batch_size=len(images))
-        self._keep_real(batch)
         return {"reconstruction": reconstruction, "codes": latents.flatten(1)}
-
-    def _keep_real(self, batch: dict) -> None:
-        """The first ``fid.num_samples`` evaluation images (and their labels/captions), for sample FID."""
-        if self._fid[0] is None:
-            return
-        room = self.fid_options["num_samples"] - sum(len(x) for x in self._real["image"])
-        if room <= 0:
-            return
-        self._real["image"].append(batch["image"][:room].detach().cpu())
-        self._real["label"].extend(batch["label"][:room].tolist())
-        self._real["caption"].extend(list(batch.get("caption", []))[:room])
-
-    def on_validation_epoch_start(self) -> None:
-        self._real = {"image": [], "label": [], "caption": []}
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def sample_fid(self) -> dict[str, float]:
-        """FID of samples vs the kept evaluation images, sampling the same classes/captions they have.
-
-        Uses the configured sampler, steps, guidance and seed, so the number is comparable across
-        epochs; the keys are the evaluator's (``fid_domain`` / ``fid_inception``). With class
-        conditioning and domain features, ``class_acc`` is the share of samples that the FID's
-        classifier assigns to the class they were sampled for.
-        """
-        from latentbench.evaluation.fid import DomainFeatures
-
-        evaluator = self._fid[0].to(self.device)
-        evaluator.reset()
-        real = torch.cat(self._real["image"])
-        if isinstance(self.conditioner, ClassConditioning):
-            requests = self._real["label"]
-        elif isinstance(self.conditioner, TextConditioning):
-            requests = self._real["caption"]
-        else:
-            requests = None
-        options = {key: self.sampling[key] for key in ("sampler", "steps", "guidance_scale")}
-        size = self.fid_options["batch_size"]
-        classifier = evaluator.extractor if isinstance(self.conditioner, ClassConditioning) and isinstance(evaluator.extractor, DomainFeatures) else None
-        correct = 0
-        for start in range(0, len(real), size):
-            chunk = None if requests is None else list(requests[start : start + size])
-            count = min(size, len(real) - start)
-            fake = self.sample(chunk, per_condition=1 if chunk is not None else count, seed=self.sampling["seed"] + start, **options)
-            evaluator.update(real[start : start + count].to(self.device), fake)
-            if classifier is not None:
-                correct += int((classifier.predict(fake) == torch.tensor(chunk, device=fake.device)).sum())
-        results = evaluator.compute()
-        if classifier is not None:
-            results["class_acc"] = correct / len(real)
-        return results
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, batch_idx, "val")
@@ -555,41 +477,29 @@ class LatentDiffusion(pl.LightningModule):
         configured = self.sampling.get("classes") if isinstance(self.conditioner, ClassConditioning) else self.sampling.get("prompts")
         return list(configured) if configured else self.conditioner.default_requests()
 
+    def sample_one_each(self, requests: list | None, count: int, seed_offset: int = 0) -> torch.Tensor:
+        """One image per request (``count`` unconditional images for None) with the sampling defaults.
+
+        Image i starts from noise ``sampling.seed + seed_offset + i``: the sample metrics draw the
+        same images in every epoch, so their values are comparable across epochs and runs.
+        """
+        options = {key: self.sampling[key] for key in ("sampler", "steps", "guidance_scale")}
+        return self.sample(requests, per_condition=1 if requests is not None else count, seed=self.sampling["seed"] + seed_offset, **options)
+
+    def requests_from_batch(self, batch: dict) -> list | None:
+        """What to sample to match a batch's images: their class ids (class), captions (text), or None (unconditional)."""
+        if isinstance(self.conditioner, ClassConditioning):
+            return batch["label"].tolist()
+        if isinstance(self.conditioner, TextConditioning):
+            return list(batch["caption"])
+        return None
+
     def sample_grid(self, **overrides: Any) -> tuple[torch.Tensor, list | None]:
         """Samples for the configured requests, ``(rows * per_condition, C, H, W)``, and the requests."""
         options = {key: self.sampling[key] for key in ("per_condition", "sampler", "steps", "guidance_scale", "seed")}
         options.update(overrides)
         requests = self.sample_requests()
         return self.sample(requests, **options), requests
-
-    def on_validation_epoch_end(self) -> None:
-        every = self.sampling.get("every_n_epochs")
-        if self.trainer.sanity_checking or not every or (self.current_epoch + 1) % every:
-            return
-        self.log_samples("val/samples")
-        if self._fid[0] is not None and self._real["image"]:
-            self.log_dict({f"val/sample_{k}": v for k, v in self.sample_fid().items()})
-
-    def on_test_epoch_end(self) -> None:
-        if self.sampling.get("every_n_epochs"):
-            self.log_samples("test/samples")
-        if self._fid[0] is not None and self._real["image"]:
-            self.log_dict({f"test/sample_{k}": v for k, v in self.sample_fid().items()})
-
-    def log_samples(self, key: str) -> None:
-        """Log the fixed-seed sample grid (one row per class/prompt) with ``tracking.log_image``."""
-        from latentbench.callbacks import grid_image
-        from latentbench.tracking import log_image
-
-        images, requests = self.sample_grid()
-        if not self.trainer.is_global_zero:
-            return
-        per_row = self.sampling["per_condition"] if requests else min(len(images), 8)
-        rows = list(images.float().cpu().split(per_row))
-        if len(rows[-1]) != per_row:
-            rows = rows[:-1] or rows
-        caption = "rows: " + " | ".join(map(str, requests)) if requests else "unconditional samples"
-        log_image(self.trainer.loggers, self.trainer.default_root_dir, key, grid_image(rows), self.global_step, caption)
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -173,7 +173,7 @@ class PlainLoop:
         if args.conditioning == "class":
             unet_arguments["num_class_embeds"] = self.num_classes + 1
         elif args.conditioning == "text":
-            from latentbench.models.clip import load_clip
+            from latentbench.models.clip_inference import load_clip
 
             self.clip, self.tokenizer = load_clip(checkpoint=resolve_checkpoint(runs["clip"]))
             self.clip.to(self.device).eval().requires_grad_(False)

@@ -12,7 +12,8 @@ import torch
 from latentbench.data.shapes import COLOURS, SHAPES, SIZES, ShapesDataModule
 from latentbench.errors import ConfigError
 from latentbench.evaluation.clip_score import CLIPScore, zero_shot_accuracy
-from latentbench.models.clip import CLIPModel, image_features, load_clip, text_features
+from latentbench.models.clip import CLIPModel
+from latentbench.models.clip_inference import image_features, load_clip, text_features
 from latentbench.train import train
 from tests.conftest import SHARED_DATA
 

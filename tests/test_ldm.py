@@ -307,7 +307,7 @@ def test_text_conditioned_ldm_trains_on_shapes(cfg_factory, tmp_path, tmp_path_f
     metrics = train(cfg)
     assert np.isfinite(metrics["test/loss"])
     model = LatentDiffusion.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
-    from latentbench.models.clip import load_clip
+    from latentbench.models.clip_inference import load_clip
 
     clip, tokenizer = load_clip(checkpoint=model.hparams.text_encoder["checkpoint"])
     captions = ["a large red circle on a blue background, top left", ""]

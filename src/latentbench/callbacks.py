@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid
 
+from latentbench.models.base import EvalOutput, eval_output
 from latentbench.tracking import log_image, log_table
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,13 @@ class ReconstructionGrid(pl.Callback):
             raise ValueError(f"num_images: must be positive, got {num_images}")
         self.num_images = num_images
 
-    def _log(self, trainer: pl.Trainer, batch: dict, outputs: dict, key: str) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not outputs or "reconstruction" not in outputs:
+    def _log(self, trainer: pl.Trainer, batch: dict, outputs: EvalOutput | None, key: str) -> None:
+        reconstruction = eval_output(outputs).reconstruction
+        if trainer.sanity_checking or not trainer.is_global_zero or reconstruction is None:
             return  # also for models without reconstructions (classifiers)
         shape = trainer.datamodule.image_shape
         n = min(self.num_images, len(batch["image"]))
-        rows = [to_images(batch.get("input", batch["image"])[:n], shape), to_images(outputs["reconstruction"][:n], shape)]
+        rows = [to_images(batch.get("input", batch["image"])[:n], shape), to_images(reconstruction[:n], shape)]
         caption = "top: input, middle: reconstruction" if "input" in batch else "top: input, bottom: reconstruction"
         if "input" in batch:
             rows.append(to_images(batch["image"][:n], shape))
@@ -205,8 +207,9 @@ class EmbeddingPlot(pl.Callback):
         self.codes, self.labels, self.images = [], [], []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if outputs and "codes" in outputs and sum(len(c) for c in self.codes) < self.max_points:
-            self.codes.append(outputs["codes"].float().cpu())
+        codes = eval_output(outputs).codes
+        if codes is not None and sum(len(c) for c in self.codes) < self.max_points:
+            self.codes.append(codes.float().cpu())
             self.labels.append(batch["label"].cpu())
             if sum(len(i) for i in self.images) < self.thumbnails:
                 self.images.append(batch["image"][: self.thumbnails].cpu())

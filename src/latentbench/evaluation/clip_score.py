@@ -27,7 +27,7 @@ import torch
 from torchmetrics import Metric
 
 from latentbench.errors import ConfigError
-from latentbench.models.clip import Tokenizer, image_features, load_clip, text_features, zero_shot_weights
+from latentbench.models.clip_inference import Tokenizer, image_features, load_clip, text_features, zero_shot_weights
 
 
 class CLIPScore(Metric):

@@ -36,6 +36,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from latentbench.errors import ConfigError, first_line
+from latentbench.models.base import eval_output
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,8 @@ class FID(pl.Callback):
             requests = pl_module.requests_from_batch(batch)
             self.requests = None if requests is None else [*self.requests, *requests[:take]]
             return
-        if not isinstance(outputs, dict) or "reconstruction" not in outputs:
+        reconstruction = eval_output(outputs).reconstruction
+        if reconstruction is None:
             if not self.warned:
                 log.warning("%s: the model returns no reconstructions; reconstruction FID skipped", KEY)
                 self.warned = True
@@ -318,7 +320,7 @@ class FID(pl.Callback):
             return
         shape = tuple(trainer.datamodule.image_shape)
         real = batch["image"][:take].reshape(-1, *shape)
-        fake = outputs["reconstruction"][:take].reshape(-1, *shape)
+        fake = reconstruction[:take].reshape(-1, *shape)
         self.evaluator.update(real, fake.clamp(0, 1))
 
     def _add_samples(self, pl_module) -> dict[str, float]:

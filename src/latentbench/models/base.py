@@ -1,13 +1,19 @@
-"""The skeleton every reconstruction model shares: steps, metrics, optimizer from config.
+"""The contract every model keeps, and the skeleton the reconstruction models share.
 
-A subclass defines :meth:`encode`, :meth:`decode` and :meth:`training_loss`. A batch is a dict
-``{"image": clean target, "label": ...}``, optionally with ``"input"``: a corrupted copy of the
-image that the model sees instead (denoising, obstacle removal, ...). Validation and test steps
-return ``{"reconstruction", "codes"}`` so that callbacks can log grids and embeddings.
+Every model is a :class:`LatentbenchModule`: its optimizer and LR scheduler come from config
+(``model.optimizer``, ``model.scheduler``), and validation and test run one
+:meth:`~LatentbenchModule.evaluation_step` that returns an :class:`EvalOutput`, the typed record
+callbacks read (reconstruction grids and FID, embedding views).
+
+A batch is a dict ``{"image": clean target, "label": ...}``, optionally with ``"input"``: a
+corrupted copy of the image that the model sees instead (denoising, obstacle removal, ...).
+A reconstruction model (:class:`ReconstructionModel`) defines :meth:`encode`, :meth:`decode` and
+:meth:`training_loss`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -30,6 +36,61 @@ def optimizer_and_scheduler(optimizer_cfg: dict, scheduler_cfg: dict | None, par
     interval = scheduler_cfg.pop("interval", "epoch")
     scheduler = instantiate(scheduler_cfg, optimizer=optimizer)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+
+@dataclass(frozen=True)
+class EvalOutput:
+    """What a validation or test step returns, for the callbacks.
+
+    Attributes:
+        reconstruction: ``(B, *input_shape)`` in [0, 1], the model's output for the batch's images
+            (reconstruction grids and reconstruction FID); None for models that do not reconstruct.
+        codes: ``(B, D)`` one vector per image (embedding views, kNN accuracy, linear probe); None
+            for models without codes.
+    """
+
+    reconstruction: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
+
+
+def eval_output(outputs: Any) -> EvalOutput:
+    """A step's outputs as :class:`EvalOutput` (an empty one for a step that returned nothing)."""
+    return outputs if isinstance(outputs, EvalOutput) else EvalOutput()
+
+
+def model_input(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What the model sees: the corrupted ``input`` when the data adds one, else the clean image."""
+    return batch.get("input", batch["image"])
+
+
+class LatentbenchModule(pl.LightningModule):
+    """Base of every model: optimizer/scheduler from config and one evaluation step for val and test.
+
+    A subclass saves ``optimizer`` and ``scheduler`` among its hyperparameters (``_target_``
+    configs: the optimizer is built with :meth:`optimizer_parameters`, the scheduler with the
+    optimizer, stepped every epoch unless its config says ``interval: step``), and defines
+    ``training_step`` and :meth:`evaluation_step`.
+    """
+
+    default_optimizer: dict[str, Any] = DEFAULT_OPTIMIZER
+
+    def evaluation_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> EvalOutput:
+        """Log the ``<stage>/...`` metrics of a batch (``stage``: ``val`` or ``test``) and return what callbacks use."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> EvalOutput:
+        return self.evaluation_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> EvalOutput:
+        return self.evaluation_step(batch, batch_idx, "test")
+
+    def optimizer_parameters(self) -> Any:
+        """The parameters (or parameter groups) the optimizer trains: all of them by default."""
+        return self.parameters()
+
+    def configure_optimizers(self) -> Any:
+        return optimizer_and_scheduler(self.hparams.get("optimizer") or self.default_optimizer, self.hparams.get("scheduler"),
+                                       self.optimizer_parameters())
 
 
 def log_training_values(module: pl.LightningModule, values: dict[str, torch.Tensor], batch_size: int) -> None:
@@ -63,7 +124,7 @@ def check_code_and_loss(latent_dim: int, input_dim: int, loss: str, output_activ
         raise ValueError(f"loss: 'bce' needs output_activation 'sigmoid', got {output_activation!r}")
 
 
-class ReconstructionModel(pl.LightningModule):
+class ReconstructionModel(LatentbenchModule):
     """Base of PCA and the autoencoders.
 
     Args:
@@ -108,10 +169,7 @@ class ReconstructionModel(pl.LightningModule):
         """Reconstruct ``x``: ``(B, *input_shape) -> (B, *input_shape)``."""
         return self.decode(self.encode(x))
 
-    @staticmethod
-    def model_input(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """What the model sees: the corrupted ``input`` when the data adds one, else the clean image."""
-        return batch.get("input", batch["image"])
+    model_input = staticmethod(model_input)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         reconstruction = self(self.model_input(batch))
@@ -119,7 +177,7 @@ class ReconstructionModel(pl.LightningModule):
         log_training_values(self, {"train/loss": loss}, len(reconstruction))
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+    def evaluation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> EvalOutput:
         codes = self.encode(self.model_input(batch))
         reconstruction = self.decode(codes)
         target = batch["image"]
@@ -127,13 +185,4 @@ class ReconstructionModel(pl.LightningModule):
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(reconstruction.detach().float(), target.float())
         self.log_dict(metrics, batch_size=len(target))
-        return {"reconstruction": reconstruction.detach(), "codes": codes.detach()}
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch, "test")
-
-    def configure_optimizers(self) -> Any:
-        return optimizer_and_scheduler(self.hparams.optimizer or DEFAULT_OPTIMIZER, self.hparams.scheduler, self.parameters())
+        return EvalOutput(reconstruction=reconstruction.detach(), codes=codes.detach())

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from latentbench.models.base import ReconstructionModel, check_positive
-from latentbench.models.blocks import activation_layer, conv_down, mlp
+from latentbench.models.base import EvalOutput, LatentbenchModule, check_positive, model_input
+from latentbench.models.blocks import activation_layer, conv_down
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(LatentbenchModule):
     """Stride-2 conv stages (or none for flat inputs), a hidden layer of ``feature_dim`` units, and
     a linear layer to ``num_classes`` logits; trained with cross-entropy.
 
@@ -87,7 +85,7 @@ class ImageClassifier(pl.LightningModule):
         return self.classifier(self.features(x))
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        x = ReconstructionModel.model_input(batch)
+        x = model_input(batch)
         codes = self.features(x)
         logits = self.classifier(codes)
         loss = nn.functional.cross_entropy(logits, batch["label"])
@@ -100,11 +98,5 @@ class ImageClassifier(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"codes": self._step(batch, "val")[1].detach()}
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"codes": self._step(batch, "test")[1].detach()}
-
-    def configure_optimizers(self) -> Any:
-        return ReconstructionModel.configure_optimizers(self)
+    def evaluation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> EvalOutput:
+        return EvalOutput(codes=self._step(batch, stage)[1].detach())

@@ -8,7 +8,7 @@ import torch
 from kornia.color import lab_to_rgb, rgb_to_grayscale, rgb_to_lab, rgb_to_ycbcr, ycbcr_to_rgb
 from torch import nn
 
-from latentbench.models.base import ReconstructionModel, check_positive, log_training_values
+from latentbench.models.base import EvalOutput, ReconstructionModel, check_positive, log_training_values
 from latentbench.models.blocks import activation_layer
 
 ColorSpace = Literal["rgb", "ycbcr", "lab"]
@@ -172,11 +172,11 @@ class Colorizer(ReconstructionModel):
         log_training_values(self, {"train/loss": loss}, len(prediction))
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+    def evaluation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> EvalOutput:
         output, prediction, bottleneck = self.predict(self.model_input(batch))
         target = batch["image"]
         self.log(f"{stage}/loss", self.training_loss(prediction, target), prog_bar=stage == "val", batch_size=len(target))
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(output.detach().float(), target.float())
         self.log_dict(metrics, batch_size=len(target))
-        return {"reconstruction": output.detach(), "codes": bottleneck.mean(dim=(-2, -1)).detach()}
+        return EvalOutput(reconstruction=output.detach(), codes=bottleneck.mean(dim=(-2, -1)).detach())

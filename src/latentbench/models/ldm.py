@@ -21,7 +21,6 @@ import inspect
 import math
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin, UNet2DConditionModel, UNet2DModel
 from hydra.utils import instantiate
@@ -33,7 +32,7 @@ from latentbench.run_dir import resolve_checkpoint
 from latentbench.errors import ConfigError
 from latentbench.metrics import reconstruction_metrics
 from latentbench.models.ae_kl import AutoencoderKL
-from latentbench.models.base import DEFAULT_OPTIMIZER, check_positive, log_training_values, optimizer_and_scheduler
+from latentbench.models.base import EvalOutput, LatentbenchModule, check_positive, log_training_values
 from latentbench.models.conditioning import ClassConditioning, NoConditioning, TextConditioning, concat_conditions
 
 log = logging.getLogger(__name__)
@@ -168,7 +167,8 @@ def load_text_encoder(spec: dict[str, Any]) -> tuple[nn.Module, Any, dict[str, A
     (``model_cfg``, or ``model_name`` without ``pretrained``): a saved LDM holds the text tower's
     weights in its own state_dict and loads without the CLIP checkpoint or a download.
     """
-    from latentbench.models.clip import CLIPModel, build_open_clip, clip_tokenizer, load_clip
+    from latentbench.models.clip import CLIPModel
+    from latentbench.models.clip_inference import build_open_clip, clip_tokenizer, load_clip
 
     model_cfg, model_name = spec.get("model_cfg"), spec.get("model_name")
     if model_cfg is not None:
@@ -196,7 +196,7 @@ def load_text_encoder(spec: dict[str, Any]) -> tuple[nn.Module, Any, dict[str, A
     return clip, tokenizer, {"model_name": model_name}
 
 
-class LatentDiffusion(pl.LightningModule):
+class LatentDiffusion(LatentbenchModule):
     """A diffusion model on a frozen first stage's latents (or on pixels), optionally conditioned.
 
     Args:
@@ -398,7 +398,7 @@ class LatentDiffusion(pl.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.unet)
 
-    def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+    def evaluation_step(self, batch: dict, batch_idx: int, stage: str) -> EvalOutput:
         # fixed noise and timesteps per batch: val/loss is comparable across epochs
         generator = torch.Generator().manual_seed(batch_idx)
         images = batch["image"]
@@ -410,13 +410,7 @@ class LatentDiffusion(pl.LightningModule):
             metrics = self.val_metrics if stage == "val" else self.test_metrics
             metrics.update(reconstruction.float(), images.float())
             self.log_dict(metrics, batch_size=len(images))
-        return {"reconstruction": reconstruction, "codes": latents.flatten(1)}
-
-    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch, batch_idx, "test")
+        return EvalOutput(reconstruction=reconstruction, codes=latents.flatten(1))
 
     # -- sampling ----------------------------------------------------------------------------
     def denoiser(self) -> nn.Module:
@@ -502,5 +496,5 @@ class LatentDiffusion(pl.LightningModule):
         return self.sample(requests, **options), requests
 
     # -- optimisation --------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        return optimizer_and_scheduler(self.hparams.optimizer or DEFAULT_OPTIMIZER, self.hparams.scheduler, self.unet.parameters())
+    def optimizer_parameters(self) -> Any:
+        return self.unet.parameters()  # the first stage and the text tower are frozen

@@ -115,36 +115,6 @@ class SampleGrid(pl.Callback):
             self._log(trainer, pl_module, "test/samples")
 
 
-def project_2d(codes: np.ndarray) -> np.ndarray:
-    """``(N, D)`` codes -> ``(N, 2)``: the codes themselves when D <= 2, else their first two PCs."""
-    if codes.shape[1] == 2:
-        return codes
-    if codes.shape[1] == 1:
-        return np.concatenate([codes, np.zeros_like(codes)], axis=1)
-    from sklearn.decomposition import PCA
-
-    return PCA(n_components=2).fit_transform(codes)
-
-
-def scatter_image(points: np.ndarray, labels: np.ndarray, title: str) -> np.ndarray:
-    """A matplotlib scatter of ``(N, 2)`` points coloured by label, as ``(H, W, 3)`` uint8."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
-    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=4)
-    axes.set_title(title)
-    if len(np.unique(labels)) <= 20:
-        figure.colorbar(scatter, ax=axes, ticks=np.unique(labels))
-    figure.tight_layout()
-    figure.canvas.draw()
-    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(figure)
-    return image
-
-
 class EmbeddingPlot(pl.Callback):
     """At test, for any model with codes (``encode``): 2-D views of up to ``max_points`` test
     codes coloured by label, a projector table, and the kNN accuracy of the codes.
@@ -251,22 +221,20 @@ class EmbeddingPlot(pl.Callback):
                 pl_module.log("test/probe_err", error, sync_dist=True)
 
     def _log_views(self, trainer, pl_module, codes: np.ndarray, labels: np.ndarray) -> None:
-        from latentbench.evaluation.embeddings import log_projector_table, project, thumbnail, umap_installed
+        from latentbench.evaluation.embeddings import log_projector_table, thumbnail
+        from latentbench.projections import project, scatter_image, umap_installed
 
         name = type(pl_module).__name__
         step = trainer.global_step
-        points = project_2d(codes)
+        points = project(codes, "pca")
         how = "codes" if codes.shape[1] <= 2 else "codes, PC1 vs PC2"
-        log_image(trainer.loggers, trainer.default_root_dir, "test/embedding", scatter_image(points, labels, f"{name} {how} (n={len(codes)})"), step)
+        log_image(trainer.loggers, trainer.default_root_dir, "test/embedding", scatter_image([(points, labels, f"{name} {how} (n={len(codes)})")]), step)
         for method in self.methods:
-            if method == "pca" or codes.shape[1] <= 2:
-                continue
-            if method == "umap" and not umap_installed():
+            if method == "pca" or codes.shape[1] <= 2 or (method == "umap" and not umap_installed()):
                 continue
             n = min(len(codes), self.tsne_max_points) if method == "tsne" else len(codes)
-            view = project(codes[:n], method)
-            title = f"{name} codes, {method.upper()} (n={n})"
-            log_image(trainer.loggers, trainer.default_root_dir, f"test/embedding_{method}", scatter_image(view, labels[:n], title), step)
+            view, title = project(codes[:n], method), f"{name} codes, {method.upper()} (n={n})"
+            log_image(trainer.loggers, trainer.default_root_dir, f"test/embedding_{method}", scatter_image([(view, labels[:n], title)]), step)
         columns = ["label", "x", "y", *(f"z{i}" for i in range(codes.shape[1]))]
         rows = [[int(l), float(p[0]), float(p[1]), *map(float, c)] for l, p, c in zip(labels, points, codes)]
         log_table(trainer.loggers, trainer.default_root_dir, "test/embedding_table", columns, rows)

@@ -18,15 +18,17 @@ import argparse
 import base64
 import csv
 import html
-import io
 import json
 import math
 import re
-import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.io.formats.style import Styler
 
 from latentbench.errors import ConfigError, first_line
 
@@ -139,18 +141,14 @@ def embedding_table(run_dir: Path) -> Path | None:
     return tables[-1] if tables else None
 
 
-def read_codes(path: Path) -> tuple[list[float], list[float], list[int]]:
-    """``(x, y, labels)`` of an embedding table (CSV or W&B ``.table.json``)."""
+def read_codes(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(points (N, 2), labels (N,))`` of an embedding table (CSV or W&B ``.table.json``)."""
     if path.suffix == ".json":
         table = json.loads(path.read_text())
-        columns, rows = table["columns"], table["data"]
+        frame = pd.DataFrame(table["data"], columns=table["columns"])
     else:
-        with path.open() as handle:
-            reader = csv.reader(handle)
-            columns = next(reader)
-            rows = [[float(v) for v in row] for row in reader]
-    ix, iy, il = columns.index("x"), columns.index("y"), columns.index("label")
-    return [float(r[ix]) for r in rows], [float(r[iy]) for r in rows], [int(r[il]) for r in rows]
+        frame = pd.read_csv(path)
+    return frame[["x", "y"]].to_numpy(float), frame["label"].to_numpy(int)
 
 
 def collect_local(root: Path) -> list[Run]:
@@ -253,46 +251,9 @@ def sort_key(cells: tuple[str, ...]) -> tuple:
     return tuple(one(c) for c in cells)
 
 
-@dataclass
-class Group:
-    keys: tuple[str, ...]  # display values of the group-by keys
-    runs: list[Run]
-
-    @property
-    def finished(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "finished"]
-
-    @property
-    def failed(self) -> list[Run]:
-        return [r for r in self.runs if r.status != "finished"]
-
-    def values(self, metric: str) -> list[float]:
-        values = []
-        for run in self.finished:
-            value = run.metrics.get(metric)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                values.append(float(value))
-        return values
-
-    def stats(self, metric: str) -> tuple[float, float, int] | None:
-        """``(mean, sample std (0 for one run), n)`` over the finished runs that have the metric."""
-        values = self.values(metric)
-        if not values:
-            return None
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return statistics.fmean(values), std, len(values)
-
-    def empty_cell(self) -> str:
-        if not self.finished:
-            return "failed" if any(r.status == "failed" for r in self.runs) else "missing"
-        return "missing"
-
-
-def group_runs(runs: list[Run], group_by: list[str]) -> list[Group]:
-    groups: dict[tuple[str, ...], list[Run]] = {}
-    for run in runs:
-        groups.setdefault(tuple(display(run.value(k), k) for k in group_by), []).append(run)
-    return [Group(keys, members) for keys, members in sorted(groups.items(), key=lambda item: sort_key(item[0]))]
+def finite(value: Any) -> float:
+    """A metric value as a float: NaN unless it is a finite number."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
 
 
 @dataclass
@@ -303,11 +264,12 @@ class Reference:
     source: str = ""
     label: str = "paper"
 
-    def lookup(self, group: Group, metric: str) -> float | None:
+    def lookup(self, runs: list[Run], metric: str) -> float | None:
+        """The paper value of ``metric`` for a group of runs: the first row whose ``match`` fits every run."""
         for row in self.rows:
             if metric not in row["values"]:
                 continue
-            if all(all(matches(run.value(k), v) for run in group.runs) for k, v in row["match"].items()):
+            if all(all(matches(run.value(k), v) for run in runs) for k, v in row["match"].items()):
                 return float(row["values"][metric])
         return None
 
@@ -349,103 +311,81 @@ def load_reference(path: Path) -> Reference:
 # ----------------------------------------------------------------------------- tables
 
 
-def fmt(x: float, digits: int) -> str:
-    return f"{x:.{digits}f}"
-
-
 @dataclass
 class Table:
-    header: list[str]
-    rows: list[list[str]]  # display cells
-    raw: list[list[Any]]  # CSV cells (numbers at full precision)
-    raw_header: list[str]
+    """One row per group of runs (same group-by values), in ``sort_key`` order of those values."""
+
+    shown: pd.DataFrame  # the cells of md, tex and html: "mean ± std" (no std for one run), failed / missing
+    raw: pd.DataFrame  # the cells of the CSV: means and stds at full precision
+    groups: list[tuple[tuple[str, ...], list[Run]]]  # each row's group-by values and its runs (finished or not)
 
 
-def build_table(groups: list[Group], group_by: list[str], metrics: list[str], reference: Reference | None, digits: int) -> Table:
-    """Rows: one per group; columns: the group keys, each metric (with a paper column when the
-    reference has a value for that metric), the finished run count ``n`` and the failed count."""
-    with_paper = {m for m in metrics if reference is not None and any(m in row["values"] for row in reference.rows)}
-    header = [*group_by]
-    raw_header = [*group_by]
+def build_table(runs: list[Run], group_by: list[str], metrics: list[str], reference: Reference | None, digits: int) -> Table:
+    """Columns: the group keys, each metric (with a paper column when the reference has a value for
+    that metric), the finished run count ``n`` and the count of the others (``failed``). A metric is
+    averaged over the finished runs that logged it as a finite number."""
+    keys = [tuple(display(run.value(k), k) for k in group_by) for run in runs]
+    order = sorted(set(keys), key=sort_key)
+    row = pd.Series(keys).map({key: i for i, key in enumerate(order)}.get)  # each run's table row
+    unique = list(dict.fromkeys(metrics))  # a metric asked for twice gets two equal columns
+    values = pd.DataFrame([[finite(run.metrics.get(m)) if run.status == "finished" else math.nan for m in unique] for run in runs],
+                          columns=unique)
+    stats = values.groupby(row).agg(["mean", pd.Series.std, "count"])  # Series.std: two-pass, steadier digits than "std"
+    status = pd.Series([run.status for run in runs])
+    finished, failed = status.eq("finished").groupby(row).sum(), status.ne("finished").groupby(row).sum()
+    empty = pd.Series(np.where(status.eq("failed").groupby(row).any() & finished.eq(0), "failed", "missing"))
+    groups = [(key, [run for run, r in zip(runs, row) if r == i]) for i, key in enumerate(order)]
+
+    shown, raw = [], []
+    for i, key in enumerate(group_by):
+        shown.append(pd.Series([k[i] for k in order], name=key))
+        raw.append(shown[-1])
     for metric in metrics:
-        header.append(metric)
-        raw_header += [f"{metric} mean", f"{metric} std"]
-        if metric in with_paper:
-            header.append(f"{metric} ({reference.label})")
-            raw_header.append(f"{metric} ({reference.label})")
-    header += ["n", "failed"]
-    raw_header += ["n", "failed"]
-    rows, raw = [], []
-    for group in groups:
-        row, raw_row = [*group.keys], [*group.keys]
-        for metric in metrics:
-            stats = group.stats(metric)
-            if stats is None:
-                row.append(group.empty_cell())
-                raw_row += [group.empty_cell(), ""]
-            else:
-                mean, std, n = stats
-                row.append(fmt(mean, digits) + (f" ± {fmt(std, digits)}" if n > 1 else ""))
-                raw_row += [mean, std if n > 1 else ""]
-            if metric in with_paper:
-                value = reference.lookup(group, metric)
-                row.append("" if value is None else fmt(value, 2))
-                raw_row.append("" if value is None else value)
-        row += [str(len(group.finished)), str(len(group.failed)) if group.failed else ""]
-        raw_row += [len(group.finished), len(group.failed)]
-        rows.append(row)
-        raw.append(raw_row)
-    return Table(header, rows, raw, raw_header)
+        mean, std, n = stats[metric]["mean"], stats[metric]["std"], stats[metric]["count"]
+        cell = mean.map(f"{{:.{digits}f}}".format) + std.map(f" ± {{:.{digits}f}}".format).where(n > 1, "")
+        shown.append(cell.where(n > 0, empty).rename(metric))
+        raw += [mean.astype(object).where(n > 0, empty).rename(f"{metric} mean"),
+                std.astype(object).where(n > 1, "").rename(f"{metric} std")]
+        if reference is not None and any(metric in r["values"] for r in reference.rows):
+            paper = pd.Series([reference.lookup(members, metric) for _, members in groups], dtype=float)
+            shown.append(paper.map("{:.2f}".format).where(paper.notna(), "").rename(f"{metric} ({reference.label})"))
+            raw.append(paper.astype(object).where(paper.notna(), "").rename(f"{metric} ({reference.label})"))
+    shown += [finished.astype(str).rename("n"), failed.astype(str).where(failed > 0, "").rename("failed")]
+    raw += [finished.rename("n"), failed.rename("failed")]
+    return Table(pd.concat(shown, axis=1), pd.concat(raw, axis=1), groups)
 
 
-def to_markdown(table: Table) -> str:
-    lines = ["| " + " | ".join(table.header) + " |", "|" + "|".join(" --- " for _ in table.header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table.rows]
-    return "\n".join(lines) + "\n"
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A pipe table, one space around each cell (``|`` in a cell escaped)."""
+    lines = [list(frame.columns), ["---"] * frame.shape[1], *frame.to_numpy().tolist()]
+    return "".join("| " + " | ".join(str(cell).replace("|", "\\|") for cell in line) + " |\n" for line in lines)
 
 
-LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in text)
+LATEX_ESCAPES = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"})
 
 
 def latex_cell(cell: str) -> str:
-    match = re.fullmatch(r"(-?[\d.]+(?:e[-+]?\d+)?) ± (-?[\d.]+(?:e[-+]?\d+)?)", cell)
-    if match:
-        return f"${match.group(1)} \\pm {match.group(2)}$"
-    return latex_escape(cell)
+    """``12.000 ± 2.000`` -> ``$12.000 \\pm 2.000$``; other cells escaped."""
+    return re.sub(r"^(-?[\d.]+(?:e[-+]?\d+)?) ± (-?[\d.]+(?:e[-+]?\d+)?)$", r"$\1 \\pm \2$", cell.translate(LATEX_ESCAPES))
 
 
-def to_latex(table: Table, caption: str = "") -> str:
-    """A ``booktabs`` table (``\\usepackage{booktabs}``): toprule, midrule, bottomrule, no vertical rules."""
-    n_keys = len(table.header) - sum(1 for h in table.header if "/" in h or h in ("n", "failed"))
-    spec = "l" * n_keys + "r" * (len(table.header) - n_keys)
-    lines = [r"\begin{table}[t]", r"\centering"]
-    if caption:
-        lines.append(f"\\caption{{{latex_escape(caption)}}}")
-    lines += [f"\\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(latex_escape(h) for h in table.header) + r" \\", r"\midrule"]
-    lines += [" & ".join(latex_cell(c) for c in row) + r" \\" for row in table.rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+def to_latex(frame: pd.DataFrame, caption: str = "") -> str:
+    """A ``booktabs`` table (``\\usepackage{booktabs}``): toprule, midrule, bottomrule, no vertical
+    rules; the key columns left-aligned, the metric, ``n`` and ``failed`` columns right-aligned."""
+    n_keys = sum(1 for h in frame.columns if "/" not in h and h not in ("n", "failed"))
+    styler = frame.style.hide(axis="index").format(latex_cell).format_index(lambda h: h.translate(LATEX_ESCAPES), axis=1)
+    return styler.to_latex(column_format="l" * n_keys + "r" * (frame.shape[1] - n_keys), position="t", position_float="centering",
+                           hrules=True, caption=caption.translate(LATEX_ESCAPES) or None)
 
 
-def to_csv(table: Table) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(table.raw_header)
-    writer.writerows(table.raw)
-    return out.getvalue()
+def to_csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, lineterminator="\r\n")  # the csv module's line ends, as before
 
 
-def failure_lines(groups: list[Group]) -> list[str]:
-    lines = []
-    for group in groups:
-        for run in group.failed:
-            lines.append(f"{run.name}: {run.status}" + (f" ({run.error})" if run.error else ""))
-    return lines
+def failure_lines(table: Table) -> list[str]:
+    return [f"{run.name}: {run.status}" + (f" ({run.error})" if run.error else "")
+            for _, runs in table.groups for run in runs if run.status != "finished"]
 
 
 # ----------------------------------------------------------------------------- figures
@@ -471,30 +411,26 @@ def plot_against(runs: list[Run], metric: str, against: str, series_keys: list[s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[tuple[str, ...], dict[float, list[float]]] = {}
-    for run in runs:
-        x = numeric(run.value(against))
-        y = run.metrics.get(metric)
-        if run.status != "finished" or x is None or not isinstance(y, (int, float)) or not math.isfinite(y):
-            continue
-        label = tuple(display(run.value(k), k) for k in series_keys)
-        series.setdefault(label, {}).setdefault(x, []).append(float(y))
-    if not series:
+    finished = [run for run in runs if run.status == "finished"]
+    points = pd.DataFrame({
+        "label": [tuple(display(run.value(k), k) for k in series_keys) for run in finished],
+        "x": [numeric(run.value(against)) for run in finished],
+        "y": [finite(run.metrics.get(metric)) for run in finished],
+    }).dropna()
+    if points.empty:
         raise ConfigError(f"report --plot {metric} --against {against}: no finished run has a numeric {against} and a {metric}")
+    points["series"] = [", ".join(f"{short_key(k)}={v}" for k, v in zip(series_keys, label)) or metric for label in points["label"]]
+    stats = points.groupby(["series", "x"])["y"].agg(["mean", "std"]).fillna({"std": 0.0})
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for label, points in sorted(series.items(), key=lambda item: sort_key(item[0])):
-        xs = sorted(points)
-        means = [statistics.fmean(points[x]) for x in xs]
-        stds = [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs]
-        name = ", ".join(f"{short_key(k)}={v}" for k, v in zip(series_keys, label)) or metric
-        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=name)
-    xs_all = [x for points in series.values() for x in points]
-    if min(xs_all) > 0 and max(xs_all) / min(xs_all) > 100:
+    for name, _ in sorted(dict(zip(points["series"], points["label"])).items(), key=lambda item: sort_key(item[1])):
+        line = stats.loc[name]
+        ax.errorbar(line.index, line["mean"], yerr=line["std"], marker="o", capsize=3, label=name)
+    if points["x"].min() > 0 and points["x"].max() / points["x"].min() > 100:
         ax.set_xscale("log")
     ax.set_xlabel(against)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    if len(series) > 1 or series_keys:
+    if points["series"].nunique() > 1 or series_keys:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -503,31 +439,22 @@ def plot_against(runs: list[Run], metric: str, against: str, series_keys: list[s
     return path
 
 
-def plot_codes(groups: list[Group], path: Path, title_keys: list[str]) -> Path | None:
+def plot_codes(table: Table, path: Path) -> Path | None:
     """Side-by-side 2-D scatters of the test codes (first finished run of each group that logged them),
     coloured by label, as in Fig. 3 of Hinton & Salakhutdinov (2006)."""
+    from PIL import Image
+
+    from latentbench.projections import scatter_image
+
     panels = []
-    for group in groups:
-        run = next((r for r in group.finished if r.codes is not None), None)
+    for keys, runs in table.groups:
+        run = next((r for r in runs if r.status == "finished" and r.codes is not None), None)
         if run is not None:
-            panels.append((", ".join(g for g in group.keys if g) or run.name, read_codes(run.codes)))
+            panels.append((*read_codes(run.codes), ", ".join(k for k in keys if k) or run.name))
     if not panels:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), dpi=110, squeeze=False)
-    for ax, (title, (x, y, labels)) in zip(axes[0], panels):
-        scatter = ax.scatter(x, y, c=labels, cmap="tab10", s=4, vmin=-0.5, vmax=9.5)
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(scatter, ax=list(axes[0]), ticks=range(10), fraction=0.02, label="label")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    Image.fromarray(scatter_image(panels, ticks=False)).save(path)
     return path
 
 
@@ -538,21 +465,21 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def table_html(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="{cell_class(c)}">{html.escape(c)}</td>' for c in row) + "</tr>" for row in table.rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def cell_class(cell: str) -> str:
     return "bad" if cell in ("failed", "missing") else ("num" if re.match(r"-?[\d.]", cell) else "")
 
 
-def to_html(title: str, table: Table, figures: list[Path], groups: list[Group], failures: list[str], image_filter: list[str], reference: Reference | None) -> str:
+def table_html(frame: pd.DataFrame) -> str:
+    """The table with a ``num`` (right-aligned) or ``bad`` (red) class on each cell."""
+    cells = frame.set_axis(range(frame.shape[1]), axis=1)  # cell classes need unique labels (a group key may repeat a metric)
+    styler = Styler(cells, uuid="report", cell_ids=False).hide(axis="index").format(escape="html")
+    styler = styler.format_index(lambda i: html.escape(frame.columns[i]), axis=1)
+    return styler.set_td_classes(cells.map(cell_class)).to_html()
+
+
+def to_html(title: str, table: Table, figures: list[Path], failures: list[str], image_filter: list[str], reference: Reference | None) -> str:
     """One self-contained page: every image is inlined as base64, no script, no network."""
-    parts = [f"<h1>{html.escape(title)}</h1>", table_html(table)]
+    parts = [f"<h1>{html.escape(title)}</h1>", table_html(table.shown)]
     if reference is not None and reference.source:
         parts.append(f"<p class='src'>{html.escape(reference.label)}: {html.escape(reference.source)}</p>")
     if failures:
@@ -562,16 +489,16 @@ def to_html(title: str, table: Table, figures: list[Path], groups: list[Group], 
             f"<figure><img src='{data_uri(f)}' alt='{html.escape(f.name)}'><figcaption>{html.escape(f.stem)}</figcaption></figure>"
             for f in figures) + "</div>")
     gallery = []
-    for group in groups:
+    for keys, runs in table.groups:
         cards = []
-        for run in group.runs:
+        for run in runs:
             images = {k: p for k, p in run.images.items() if not image_filter or any(s in k for s in image_filter)}
             status = "" if run.status == "finished" else f" <span class='bad'>{html.escape(run.status)}</span>"
             imgs = "".join(
                 f"<figure><img src='{data_uri(p)}' alt='{html.escape(k)}'><figcaption>{html.escape(k)}</figcaption></figure>"
                 for k, p in images.items()) or "<p class='src'>no images</p>"
             cards.append(f"<div class='card'><h3>{html.escape(run.name)}{status}</h3><div class='row'>{imgs}</div></div>")
-        label = ", ".join(k for k in group.keys if k) or "all runs"
+        label = ", ".join(k for k in keys if k) or "all runs"
         gallery.append(f"<h3 class='group'>{html.escape(label)}</h3><div class='row'>{''.join(cards)}</div>")
     parts.append("<h2>Latest images of each run</h2>" + "".join(gallery))
     style = (
@@ -625,8 +552,7 @@ def make_report(args: argparse.Namespace) -> dict[str, Path]:
     if not runs:
         raise ConfigError(f"report: every run under {args.source} is unreadable (first: {unreadable[0].error})")
     reference = load_reference(args.reference) if args.reference else None
-    groups = group_runs(runs, args.group_by)
-    table = build_table(groups, args.group_by, args.metrics, reference, args.digits)
+    table = build_table(runs, args.group_by, args.metrics, reference, args.digits)
     out = args.out or (Path("report") if args.source.startswith("wandb:") else Path(args.source) / "report")
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -637,34 +563,34 @@ def make_report(args: argparse.Namespace) -> dict[str, Path]:
         figures.append(plot_against(runs, metric, args.against, series_keys, out / f"{name}.png"))
         written[name] = figures[-1]
     if args.codes:
-        codes = plot_codes(groups, out / "codes.png", args.group_by)
+        codes = plot_codes(table, out / "codes.png")
         if codes is None:
             raise ConfigError("report --codes: no finished run logged test codes (tables/test_embedding_table.csv)")
         figures.append(codes)
         written["codes"] = codes
-    failures = failure_lines(groups)
+    failures = failure_lines(table)
     if unreadable:
         failures.append(f"{len(unreadable)} unreadable run{'s' if len(unreadable) > 1 else ''} left out of the table")
         failures += [f"{r.name}: unreadable ({r.error})" for r in unreadable]
     title = args.title or f"latentbench report: {args.source}"
     for fmt_name in args.format:
         if fmt_name == "md":
-            text = to_markdown(table)
+            text = to_markdown(table.shown)
             if reference is not None and reference.source:
                 text += f"\n{reference.label}: {reference.source}\n"
             if failures:
                 text += "\nFailed or missing runs:\n\n" + "".join(f"- {line}\n" for line in failures)
             path = out / f"{args.name}.md"
         elif fmt_name == "tex":
-            text, path = to_latex(table, args.title), out / f"{args.name}.tex"
+            text, path = to_latex(table.shown, args.title), out / f"{args.name}.tex"
         elif fmt_name == "csv":
-            text, path = to_csv(table), out / f"{args.name}.csv"
+            text, path = to_csv(table.raw), out / f"{args.name}.csv"
         else:
-            text = to_html(title, table, figures, groups, failures, args.images, reference)
+            text = to_html(title, table, figures, failures, args.images, reference)
             path = out / f"{args.name}.html"
         path.write_text(text, encoding="utf-8")
         written[fmt_name] = path
-    print(to_markdown(table), end="")
+    print(to_markdown(table.shown), end="")
     for line in failures:
         print(f"  {line}")
     for name, path in written.items():

@@ -1,52 +1,21 @@
-"""Embedding views of a model's codes: 2-D maps (PCA, t-SNE, optional UMAP), kNN accuracy, a
-projector table with thumbnails, and the side-by-side figure of two runs (``latentbench embeddings``).
-
-``umap-learn`` is optional: UMAP views appear when it is installed and are skipped otherwise.
+"""Embedding views of a model's codes: kNN accuracy, linear probe, a projector table with thumbnails,
+and the side-by-side figure of two runs (``latentbench embeddings``). The 2-D maps (PCA, t-SNE,
+optional UMAP) and scatter pictures live in ``latentbench.projections``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from latentbench.projections import METHODS, Method, pca_2d, project, scatter_image, umap_installed  # noqa: F401 (pca_2d: the callbacks')
+
 log = logging.getLogger(__name__)
-
-Method = Literal["pca", "tsne", "umap"]
-METHODS = ("pca", "tsne", "umap")
-
-
-def umap_installed() -> bool:
-    return importlib.util.find_spec("umap") is not None
-
-
-def project(codes: np.ndarray, method: Method, seed: int = 0) -> np.ndarray:
-    """``(N, D)`` codes -> ``(N, 2)`` by ``method``; codes with D <= 2 are shown as they are.
-
-    ``pca``: first two principal components; ``tsne``: scikit-learn t-SNE (PCA init);
-    ``umap``: umap-learn (raises ImportError when it is not installed).
-    """
-    if codes.shape[1] <= 2:
-        return codes if codes.shape[1] == 2 else np.concatenate([codes, np.zeros_like(codes)], axis=1)
-    if method == "pca":
-        from sklearn.decomposition import PCA
-
-        return PCA(n_components=2, random_state=seed).fit_transform(codes)
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-
-        perplexity = float(min(30.0, max(2.0, (len(codes) - 1) / 3)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
-    if method == "umap":
-        import umap
-
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(codes)
-    raise ValueError(f"methods: {method!r} is not allowed (allowed: {', '.join(METHODS)})")
 
 
 def knn_accuracy(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray, test_labels: np.ndarray,
@@ -74,16 +43,6 @@ def linear_probe_error(train_codes: np.ndarray, train_labels: np.ndarray, test_c
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         probe.fit(train_codes, train_labels)
     return 100.0 * (1.0 - float(probe.score(test_codes, test_labels)))
-
-
-def pca_2d(train_codes: np.ndarray, test_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both sets in the first two principal components of the train codes (as they are when D <= 2)."""
-    if train_codes.shape[1] <= 2:
-        return train_codes, test_codes
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=2).fit(train_codes)
-    return pca.transform(train_codes), pca.transform(test_codes)
 
 
 @torch.no_grad()
@@ -150,27 +109,6 @@ def log_projector_table(loggers: list, output_dir: str | Path, key: str, codes: 
             writer.writerow([int(labels[i]), str(path.relative_to(output_dir)), *map(float, codes[i])])
 
 
-def side_by_side_image(panels: list[tuple[np.ndarray, np.ndarray, str]], point_size: float = 4.0) -> np.ndarray:
-    """Scatter plots ``[(points (N, 2), labels (N,), title), ...]`` next to each other, as ``(H, W, 3)`` uint8."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), dpi=100, squeeze=False)
-    for axis, (points, labels, title) in zip(axes[0], panels):
-        scatter = axis.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=point_size)
-        axis.set_title(title)
-        axis.set_xticks([])
-        axis.set_yticks([])
-    if len(np.unique(panels[0][1])) <= 20:
-        figure.colorbar(scatter, ax=list(axes[0]), ticks=np.unique(panels[0][1]))
-    figure.canvas.draw()
-    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(figure)
-    return image
-
-
 # -- latentbench embeddings <run A> <run B> ---------------------------------------------------------
 
 def run_checkpoint(run_dir: Path) -> Path:
@@ -220,7 +158,7 @@ def compare_runs(run_dirs: list[str], out: str, max_points: int = 2000, method: 
         panels.append((project(codes, method), labels, f"{cfg.model._target_.rsplit('.', 1)[-1]} {run_dir.name}: {how}"))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(side_by_side_image(panels)).save(path)
+    Image.fromarray(scatter_image(panels, ticks=False)).save(path)
     return path
 
 

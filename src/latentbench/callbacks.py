@@ -390,14 +390,64 @@ class ChannelsLast(pl.Callback):
                 batch[key] = value.contiguous(memory_format=torch.channels_last)
 
 
-def progress_bar(interactive: bool | None = None) -> pl.callbacks.RichProgressBar | None:
-    """Lightning's rich progress bar in a terminal; None (no bar: log lines only) when the output is
-    a file or pipe (``interactive: null`` asks whether stdout is a terminal)."""
+class EpochLines(pl.Callback):
+    """Progress for batch jobs (SLURM, nohup, ``| tee``): one log line per training epoch, and one per
+    validation that runs inside an epoch (``trainer.val_check_interval`` < 1), with the step, the
+    logged losses and the epoch's time, e.g.
+    ``epoch 3/10  step 63  train/loss 0.0712  val/loss 0.0698  (0.8 s)``."""
+
+    def __init__(self):
+        self._epoch_started = time.monotonic()
+
+    @staticmethod
+    def _losses(trainer: pl.Trainer, prefixes: tuple[str, ...]) -> str:
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefixes) and "loss" in k}
+        return "  ".join(f"{k} {v:.4g}" for k, v in sorted(values.items()))
+
+    def _where(self, trainer: pl.Trainer) -> str:
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        return f"epoch {trainer.current_epoch + 1}{total}  step {trainer.global_step}"
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_started = time.monotonic()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # the epoch's line follows
+        log.info("%s  %s", self._where(trainer), self._losses(trainer, ("val/",)))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            seconds = time.monotonic() - self._epoch_started
+            log.info("%s  %s  (%.1f s)", self._where(trainer), self._losses(trainer, ("train/", "val/")), seconds)
+
+
+def progress_bar(interactive: bool | None = None) -> pl.Callback:
+    """Lightning's rich progress bar in a terminal, :class:`EpochLines` when the output is a file or
+    pipe (``interactive: null`` asks whether stdout is a terminal)."""
     import sys
 
     if interactive is None:
         interactive = sys.stdout.isatty()
-    return pl.callbacks.RichProgressBar() if interactive else None
+    return pl.callbacks.RichProgressBar() if interactive else EpochLines()
+
+
+class ModelSummary(pl.callbacks.ModelSummary):
+    """Lightning's layer table at the start of fit, without its FLOPs column when nothing was counted
+    (FLOPs are counted only for models with an ``example_input_array``: all zeros otherwise)."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, **kwargs) -> None:
+        from pytorch_lightning.utilities.model_summary.model_summary import _format_summary_table
+
+        if not total_flops:
+            summary_data = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *summary_data)
+        if not total_flops:
+            table = "\n".join(line for line in table.splitlines() if "total flops" not in line.lower())
+        log.info("\n" + table)
 
 
 class PeriodicCheckpoint(pl.Callback):

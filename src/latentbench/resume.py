@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from latentbench.errors import ConfigError
-from latentbench.run_dir import RunDir, RunDirError
+from latentbench.run_dir import RunDir, RunDirError, headline_metrics
 
 # Hydra's flags that print and exit instead of running (nothing is written then)
 HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--resolve",
@@ -126,16 +126,10 @@ def recorded_value(run: RunDir, key: str) -> str:
     return str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
-HEADLINE_METRICS = ("test/recon_sse", "test/loss", "test/fid_domain", "test/acc", "test/zero_shot_acc")
-
-
 def finished_summary(run: RunDir) -> str:
     metrics = run.finished_metrics() or {}
-    ranked = sorted((k for k, v in metrics.items() if k.startswith("test/") and isinstance(v, (int, float))),
-                    key=lambda k: (HEADLINE_METRICS.index(k) if k in HEADLINE_METRICS else len(HEADLINE_METRICS), k))
-    shown = [f"{k} {metrics[k]:.4g}" for k in ranked[:3]]
     epochs = [f"{metrics['epochs']} epochs"] if metrics.get("epochs") is not None else []
-    return ", ".join([*epochs, *shown])
+    return ", ".join([*epochs, *headline_metrics(metrics)])
 
 
 def expand_resume(args: list[str]) -> list[str]:

@@ -38,6 +38,17 @@ class RunDirError(ConfigError):
     """A run directory, or a file in it, cannot serve: missing, unreadable, in use, unwritable."""
 
 
+# The test metrics a run's one-line summary leads with, when it has them (then the others by name).
+HEADLINE_METRICS = ("test/recon_sse", "test/loss", "test/fid_domain", "test/sample_fid_domain", "test/acc", "test/zero_shot_acc")
+
+
+def headline_metrics(metrics: dict[str, Any], count: int = 3) -> list[str]:
+    """``["test/recon_sse 3.152", "test/loss 0.04926", ...]``: the first ``count`` test metrics, headline ones first."""
+    ranked = sorted((k for k, v in metrics.items() if k.startswith("test/") and isinstance(v, (int, float))),
+                    key=lambda k: (HEADLINE_METRICS.index(k) if k in HEADLINE_METRICS else len(HEADLINE_METRICS), k))
+    return [f"{k} {metrics[k]:.4g}" for k in ranked[:count]]
+
+
 def resolve_checkpoint(path: str | Path) -> str:
     """A checkpoint file as given; a run directory stands for the checkpoint it was tested with
     (:meth:`RunDir.tested_checkpoint`), else its ``last.ckpt``.

@@ -147,7 +147,7 @@ def make_wandb_logger(
                   f"(upload later with: wandb sync {runs}/offline-run-*)", file=sys.stderr, flush=True)
             resolved = "offline"
     settings = {"base_url": base_url} if base_url else {}
-    return WandbLogger(
+    logger = WandbLogger(
         save_dir=save_dir,
         project=project,
         name=name,
@@ -158,8 +158,15 @@ def make_wandb_logger(
         log_model=log_model,
         id=run_id,
         resume="allow" if run_id else None,
-        settings=wandb.Settings(x_transaction_log_flush_interval=flush_seconds, init_timeout=init_timeout, **settings),
+        # quiet (silent offline): no banner and no history dump at the end; the run's own summary says
+        # where the run is and how to sync it; online W&B still prints the run's URL
+        settings=wandb.Settings(x_transaction_log_flush_interval=flush_seconds, init_timeout=init_timeout, quiet=True,
+                                silent=resolved == "offline", **settings),
     )
+    # Lightning always passes anonymous=None, which W&B answers with a deprecation warning on every run
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def make_csv_logger(save_dir: str, name: str = "csv") -> CSVLogger:

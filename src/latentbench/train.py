@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from latentbench.config_check import check_config
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
 from latentbench.interrupts import RunInterrupted, SaveOnInterrupt, signal_name
-from latentbench.run_dir import RunDir
+from latentbench.quiet import silence_third_party_noise
+from latentbench.run_dir import RunDir, headline_metrics
 from latentbench.tracking import git_commit, log_run_artifacts, scrub, scrub_files, wandb_loggers
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,9 @@ def build_callbacks(cfg: DictConfig, **provided: Any) -> list[pl.Callback]:
             params = inspect.signature(get_object(node._target_)).parameters
             callback = build(node, f"{group}.{name}", **{k: v for k, v in provided.items() if k in params and k not in node})
             if callback is not None:
-                log.info("%s %s: %s", group, name, type(callback).__name__)
+                log.debug("%s %s: %s", group, name, type(callback).__name__)
                 callbacks.append(callback)
+    log.info("callbacks: %s", ", ".join(type(c).__name__ for c in callbacks))
     return callbacks
 
 
@@ -76,7 +79,7 @@ def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
         if node is not None and "_target_" in node:
-            log.info("logger %s: %s", name, node._target_)
+            log.debug("logger %s: %s", name, node._target_)
             loggers.append(build(node, f"logger.{name}"))
     return loggers
 
@@ -135,10 +138,11 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     """Validate ``cfg`` and build data module, model, callbacks, loggers and trainer; loads no data."""
     check_config(cfg)
     check_hardware(cfg)
-    log.info("data: %s", cfg.data._target_)
+    silence_third_party_noise()
+    log.debug("data: %s", cfg.data._target_)
     corruption = corruption_argument(cfg)
     datamodule = build(cfg.data, "data", **corruption)
-    log.info("model: %s", cfg.model._target_)
+    log.debug("model: %s", cfg.model._target_)
     model = build(cfg.model, "model", **data_arguments(cfg.model, datamodule), _recursive_=False, _convert_="all")
     if corruption:
         check_corruption_fits_model(cfg, corruption["corruption"], datamodule, model)
@@ -154,6 +158,7 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
         deterministic=cfg.deterministic,
         default_root_dir=cfg.paths.output_dir,
         enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks),
+        enable_model_summary=any(isinstance(c, pl.callbacks.ModelSummary) for c in callbacks),
         plugins=[DurableCheckpointIO()],
     )
     # save_on_interrupt acts last of all (Lightning has moved checkpointing to the end): a signal that
@@ -199,15 +204,27 @@ def collect_metrics(cfg: DictConfig, trainer: pl.Trainer, test_results: list[dic
     return metrics
 
 
-def finish_loggers(loggers: list, failed: bool) -> None:
-    """Close every W&B run (one run per training run, also under multirun) and say how to sync it."""
+def finish_loggers(loggers: list, failed: bool) -> list[Path]:
+    """Close every W&B run (one run per training run, also under multirun); returns the folders of
+    the offline ones, to upload with ``wandb sync``."""
+    offline = []
     for logger in wandb_loggers(loggers):
         experiment = logger.experiment
-        offline = experiment.settings._offline
-        run_dir = Path(experiment.dir).parent
+        if experiment.settings._offline:
+            offline.append(Path(experiment.dir).parent)
         experiment.finish(exit_code=1 if failed else 0)
-        if offline:
-            log.info("W&B ran offline; upload this run with: wandb sync %s", run_dir)
+    return offline
+
+
+def run_summary(run: RunDir, metrics: dict[str, Any], seconds: float, offline_wandb: list[Path]) -> str:
+    """The few lines printed when a run finishes: where it is, what it reached, what to do next."""
+    lines = [f"run finished: {run.path} ({metrics.get('epochs')} epochs, {metrics.get('global_step')} steps, {seconds:.0f} s)",
+             f"  {', '.join(headline_metrics(metrics, 4))} (all in {run.metrics_file.name})"]
+    if metrics.get("checkpoint"):
+        lines.append(f"  best checkpoint: {run.relative(metrics['checkpoint'])}")
+    lines.append(f"  train it further: {resume_command(run)} trainer.max_epochs=<more>")
+    lines += [f"  W&B ran offline; upload with: wandb sync {folder}" for folder in offline_wandb]
+    return "\n".join(lines)
 
 
 class TrainingFailed(RuntimeError):
@@ -335,6 +352,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint), RunInterrupted for SIGTERM/SIGINT/SIGUSR1 (``last.ckpt`` saved at the current
     step, ``run.json`` says ``interrupted``).
     """
+    started = time.monotonic()
     check_config(cfg)  # before seeding, so that a bad seed is reported as such
     run = RunDir(cfg.paths.output_dir)
     done = finished_as_configured(cfg, run)
@@ -345,6 +363,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     reuse_wandb_run(cfg, run)
     pl.seed_everything(cfg.seed, workers=True)  # before building: the seed fixes the initial weights
     objects = build_run(cfg)
+    loggers = ", ".join(type(logger).__name__.removesuffix("Logger") for logger in objects["loggers"]) or "no logger"
+    log.info("run %s: %s on %s (%s)", run.path, type(objects["model"]).__name__, type(objects["datamodule"]).__name__, loggers)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     trainer, datamodule = objects["trainer"], objects["datamodule"]
     model = apply_compile(objects["model"], cfg)
@@ -362,7 +382,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             for logger in objects["loggers"]:
                 logger.log_hyperparams(scrub(OmegaConf.to_container(cfg, resolve=True)))
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-            test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=True)
+            test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), weights_only=True,
+                                        verbose=False)  # the run's summary says what matters, once
             metrics = collect_metrics(cfg, trainer, test_results, objects)
         if rank_zero:
             run.write_metrics(metrics)
@@ -371,7 +392,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             except Exception as error:  # the run has finished: an upload problem must not mark it failed
                 log.warning("W&B artifacts not logged: %s", first_line(error))
             run.mark("finished", error=None, last_attempt=None, trained_to=training_length(cfg))
-            log.info("metrics: %s", run.metrics_file)
         failed = False
         return metrics
     except (RunInterrupted, SIGTERMException) as error:
@@ -398,9 +418,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise TrainingFailed(f"{reason} (last good checkpoint: {good or 'none'})") from error
     finally:
         if rank_zero:
-            finish_loggers(objects["loggers"], failed)
+            offline_wandb = finish_loggers(objects["loggers"], failed)
             run.release_reserve()
             run.release_lock()
+            if not failed:
+                print(run_summary(run, metrics, time.monotonic() - started, offline_wandb), flush=True)
+            for folder in offline_wandb if failed else []:
+                print(f"W&B ran offline; upload what was logged with: wandb sync {folder}", file=sys.stderr)
 
 
 def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:

@@ -44,7 +44,34 @@ def test_multirun_runs_each_job_in_its_own_dir(tmp_path):
     ])
     assert code == 0
     jobs = sorted(p.parent.name for p in tmp_path.glob("*/metrics.json"))
-    assert jobs == ["0", "1"]
+    assert jobs == ["0_model=pca", "1_model=ae"]  # named by the swept override; the shared ones are left out
     targets = [yaml.safe_load((tmp_path / j / ".hydra" / "config.yaml").read_text())["model"]["_target_"] for j in jobs]
     assert targets == ["latentbench.models.pca.PCA", "latentbench.models.ae.AutoEncoder"]
     assert all(json.loads((tmp_path / j / "metrics.json").read_text())["status"] == "finished" for j in jobs)
+
+
+def test_a_multirun_names_its_jobs_by_their_swept_overrides_and_prints_one_table(tmp_path):
+    from tests.conftest import run_cli
+
+    result = run_cli("train", "-m", "model=pca", "model.n_components=4,100", "+note=a/b,c/d", "logger=none", "trainer=cpu",
+                     "data.limit=100", "trainer.max_epochs=1", "callbacks=none", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2  # the 100-component jobs fail (more than 64 pixels); the others finish
+    assert sorted(p.name for p in tmp_path.glob("[0-9]*")) == [  # a value holding "/" stays out of the name
+        "0_model.n_components=4", "1_model.n_components=4", "2_model.n_components=100", "3_model.n_components=100"]
+    table = result.stdout[result.stdout.index(f"multirun {tmp_path}: 2 of 4 jobs finished"):].splitlines()
+    assert [line.split()[:2] for line in table[1:5]] == [
+        ["0_model.n_components=4", "finished"], ["1_model.n_components=4", "finished"],
+        ["2_model.n_components=100", "failed"], ["3_model.n_components=100", "failed"]]
+    assert "test/recon_sse" in table[1] and "larger than the input size" in table[3]
+    assert table[5] == f"table: latentbench report {tmp_path}"
+
+
+def test_multirun_jobs_log_to_one_wandb_group_named_after_the_multirun(tmp_path):
+    from tests.conftest import run_cli
+
+    result = run_cli("train", "-m", "model=pca", "model.n_components=4,8", "logger=wandb", "trainer=cpu", "data.limit=100",
+                     "trainer.max_epochs=1", "callbacks=none", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for job in ("0_model.n_components=4", "1_model.n_components=8"):
+        (init_log,) = (tmp_path / job / "wandb").glob("offline-run-*/logs/debug.log")  # what wandb.init was given
+        assert f"'group': '{tmp_path}'" in init_log.read_text() and f"'name': '{job}'" in init_log.read_text()

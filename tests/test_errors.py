@@ -16,6 +16,12 @@ MODEL_CHOICES = sorted(path.stem for path in (REPO / "conf" / "model").glob("*.y
 CASES = {
     "unknown group choice": (["model=foo"], "model=foo: unknown choice (available: " + ", ".join(MODEL_CHOICES) + ")"),
     "unknown key": (["model.nope=3"], "model.nope: no such key in the config (to add a new key, write +model.nope=...)"),
+    "misspelled key": (["trainer.max_epoch=3"],
+                       "trainer.max_epoch: no such key in the config (did you mean trainer.max_epochs?) (to add a new key, write +trainer.max_epoch=...)"),
+    "misspelled choice": (["model=aee"], "model=aee: unknown choice (did you mean ae?) (available: "),
+    "misspelled model argument": (["+model.latent_dimm=3"], "model.latent_dimm: unknown key for latentbench.models.ae.AutoEncoder (did you mean latent_dim?)"),
+    "misspelled callback argument": (["+callbacks.model_checkpoint.monitr=val/loss"],
+                                     "callbacks.model_checkpoint.monitr: unknown key for latentbench.checkpoints.RunCheckpoint (did you mean monitor?)"),
     "wrong type": (["model=pca", "model.n_components=abc"], "model.n_components: expected int, got 'abc' (str)"),
     "wrong list item type": (["model.hidden=[a]"], "model.hidden: expected a list of int"),
     "wrong top-level type": (["seed=abc"], "seed: expected int, got 'abc' (str)"),
@@ -88,3 +94,24 @@ def test_cli_error_has_exit_code_and_no_traceback():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: model.latent_dim: must be positive, got 0"
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_train_help_shows_examples(capsys):
+    assert main(["train", "--help"]) == 0
+    printed = capsys.readouterr().out
+    assert "Examples:" in printed and "latentbench train -m model=pca,ae seed=1,2,3" in printed
+    assert "latentbench train resume=outputs/<run>" in printed and "== Configuration groups ==" in printed
+
+
+def test_umap_without_umap_learn_is_named_in_one_line(caplog):
+    from latentbench.callbacks import EmbeddingPlot
+    from latentbench.evaluation.embeddings import umap_installed
+
+    if umap_installed():
+        pytest.skip("umap-learn is installed here")
+    EmbeddingPlot(methods=["pca", "umap"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "callbacks.embedding_plot.methods: umap skipped: umap-learn is not installed (uv pip install umap-learn)"]
+    caplog.clear()
+    EmbeddingPlot()  # the default methods need nothing optional
+    assert not caplog.records

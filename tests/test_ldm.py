@@ -266,10 +266,10 @@ def test_sample_command_writes_grid_and_images(class_ldm_run, tmp_path, capsys):
     assert grid.shape[:2] == (3 * 32 + 4, 2 * 32 + 3)  # 3 rows x 2 columns of 8x8 digits shown at 32 px
     first = np.asarray(Image.open(out / record["images"][0]["file"]))
     assert first.shape == (8, 8)
-    # the same command gives the same pixels
-    assert main(["sample", f"checkpoint={class_ldm_run}", f"output={tmp_path / 'again'}", "classes=[3,5,7]", "sampler=ddim",
-                 "steps=5", "per_condition=2", "seed=4"]) == 0
-    assert np.array_equal(grid, np.asarray(Image.open(tmp_path / "again" / "grid.png")))
+    # the same command gives the same pixels; without output= the samples go into the run's folder
+    assert main(["sample", f"checkpoint={class_ldm_run}", "classes=[3,5,7]", "sampler=ddim", "steps=5", "per_condition=2", "seed=4"]) == 0
+    (again,) = Path(class_ldm_run).glob("samples/*/grid.png")
+    assert np.array_equal(grid, np.asarray(Image.open(again)))
 
 
 @pytest.mark.parametrize(
@@ -281,6 +281,7 @@ def test_sample_command_writes_grid_and_images(class_ldm_run, tmp_path, capsys):
         (["RUN", "output=/tmp/x", "classes=[12]"], "classes: 12 is not a class id (allowed: 0..9)"),
         (["RUN", "output=/tmp/x", "sampler=euler"], "sampler: 'euler' is not a sampler (allowed: ddpm, ddim, dpm)"),
         (["RUN", "output=/tmp/x", "colour=red"], "sample: unknown argument 'colour'"),
+        (["RUN", "output=/tmp/x", "step=3"], "sample: unknown argument 'step' (did you mean steps?)"),
     ],
 )
 def test_sample_command_errors(class_ldm_run, capsys, arguments, message):

@@ -1,4 +1,5 @@
-"""``latentbench report``: aggregation over seeds, failed/missing runs, the four formats, plots, HTML in a browser."""
+"""``latentbench report``: aggregation over seeds, failed/missing runs, the four formats, plots, training curves, run
+names, quick-mode marks, HTML in a browser."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from latentbench.cli import main as cli_main
-from latentbench.report import main as report_main
+from latentbench.curves import history_csv
+from latentbench.report import Run, group_curve, main as report_main
 from latentbench.train import train
 from tests.conftest import MNIST_ROOT, make_cfg, needs_mnist
 
@@ -166,7 +168,8 @@ def test_report_on_real_runs(tmp_path):
     assert rows["PCA"]["n"] == "2" and rows["PCA"]["model.n_components"] == "8"
     assert float(rows["PCA"]["test/recon_sse mean"]) == pytest.approx(expected, rel=1e-6)  # PCA is exact: seeds agree
     assert rows["AutoEncoder"]["model.n_components"] == "" and rows["AutoEncoder"]["n"] == "1"
-    assert "test_reconstructions" in (out / "table.html").read_text()
+    page = (out / "table.html").read_text()
+    assert "test_reconstructions" in page and "alt='training curves'" in page  # each run wrote its history.csv
 
 
 def test_wandb_source_offline_is_one_line(monkeypatch, capsys):
@@ -203,6 +206,9 @@ def test_hinton2006_quick_mode_writes_its_tables(tmp_path, capsys):
     for suffix, name in (("md", "hinton2006_pca30"), ("html", "hinton2006_pca30"), ("tex", r"hinton2006\_pca30")):
         assert name in (out / "report" / f"table.{suffix}").read_text()
     assert r"\toprule" in (out / "report" / "table.tex").read_text()
+    header = (out / "report" / "table.md").read_text().splitlines()[0]  # the quick budget, command-line overrides included
+    assert header.startswith("**Quick mode (latentbench experiment hinton2006 --quick: ") and "data.limit=300" in header
+    assert "(quick mode)</title>" in (out / "report" / "codes.html").read_text()
     assert {r["choices.experiment"] for r in read_csv(out / "report" / "codes.csv")} == {"hinton2006_pca2", "hinton2006_ae2"}
     with Image.open(out / "report" / "codes.png") as image:
         assert image.size[0] > 2 * image.size[1] * 0.9  # two panels side by side
@@ -217,3 +223,116 @@ def test_reference_from_csv(multirun, tmp_path):
     rows = {r["model._target_"]: r for r in read_csv(out / "table.csv")}
     assert float(rows["PCA"]["test/recon_sse (paper)"]) == 13.87 and float(rows["AutoEncoder"]["test/recon_sse (paper)"]) == 3.0
     assert "test/psnr (paper)" not in rows["PCA"]  # no paper value for that metric: no column
+
+
+# -- formats, training curves, run names, quick mode -------------------------------------------------
+
+
+def write_history(run_dir: Path, rows: list[dict]) -> None:
+    (run_dir / "history.csv").write_text(history_csv(rows))
+
+
+def write_overrides(run_dir: Path, overrides: list[str]) -> None:
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+
+
+@pytest.fixture
+def with_curves(multirun) -> Path:
+    """The multirun with a history for each finished run: the AE seeds' losses scale with the seed; PCA's stay put."""
+    for n, (target, _, seed) in enumerate(SSE):
+        if target.endswith("AutoEncoder"):
+            scale = 1 + 0.1 * seed
+            rows = [{"step": step, "epoch": 0, "train/loss": loss * scale} for step, loss in ((10, 1.0), (20, 0.5), (30, 0.25))]
+            rows += [{"step": 30, "epoch": 0, "val/loss": 0.3 * scale, "val/psnr": 20.0 + seed}]
+        else:
+            rows = [{"step": 5, "epoch": 0, "val/loss": 0.2, "val/psnr": 25.0}, {"step": 25, "epoch": 1, "val/loss": 0.2, "val/psnr": 25.0}]
+        write_history(multirun / str(n), rows)
+    return multirun
+
+
+def test_every_format_by_default_and_exactly_the_ones_asked(with_curves, tmp_path, capsys):
+    report_main([str(with_curves), "--out", str(tmp_path / "all")])
+    assert {p.name for p in (tmp_path / "all").iterdir()} == {"table.md", "table.tex", "table.csv", "table.html", "table_training_curves.png"}
+    report_main([str(with_curves), "--format", "md,csv", "--out", str(tmp_path / "two")])
+    assert {p.name for p in (tmp_path / "two").iterdir()} == {"table.md", "table.csv"}
+    report_main([str(with_curves), "--format", "tex", "html,md", "--out", str(tmp_path / "mixed")])  # spaces and commas
+    assert {p.suffix for p in (tmp_path / "mixed").iterdir()} == {".tex", ".html", ".md", ".png"}
+    capsys.readouterr()
+    assert cli_main(["report", str(with_curves), "--format", "md,pdf", "--out", str(tmp_path / "bad")]) == 2
+    assert capsys.readouterr().err.strip() == ("error: report --format: pdf is not a format (choose from md, tex, csv, html, "
+                                               "comma- or space-separated)")
+
+
+def test_a_groups_curve_is_the_mean_and_std_of_its_runs_interpolated_onto_common_steps():
+    def run(points: dict[int, float], status: str = "finished") -> Run:
+        import pandas as pd
+
+        return Run("r", {}, {}, status, history=pd.DataFrame({"step": list(points), "val/loss": list(points.values())}))
+
+    stats = group_curve([run({10: 1.0, 30: 3.0}), run({10: 1.0, 20: 1.0, 30: 1.0}), run({10: 50.0}, "failed")], "val/loss")
+    assert stats.index.tolist() == [10, 20, 30]
+    assert stats["mean"].tolist() == [1.0, 1.5, 2.0]  # the first run's step 20 is interpolated (2.0); the failed run is left out
+    assert stats["n"].tolist() == [2, 2, 2]
+    assert stats["std"].tolist() == pytest.approx([0.0, np.std([2, 1], ddof=1), np.std([3, 1], ddof=1)])
+    assert group_curve([run({10: 1.0})], "train/loss").empty
+
+
+def test_html_draws_the_training_curves_one_colour_per_group(with_curves, tmp_path):
+    out = tmp_path / "r"
+    written = report_main([str(with_curves), "--format", "html", "md", "--out", str(out)]) == 0 and out
+    page = (written / "table.html").read_text()
+    assert "<h2>Training curves</h2>" in page and "alt='training curves'" in page
+    assert "![training curves](table_training_curves.png)" in (out / "table.md").read_text()
+    with Image.open(out / "table_training_curves.png") as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # matplotlib's first two colours: AutoEncoder, PCA
+        assert (np.abs(pixels - colour).sum(axis=1) < 30).sum() > 50, colour
+    panels = tmp_path / "only"  # --curves names the panels (and draws them without html)
+    report_main([str(with_curves), "--format", "csv", "--curves", "train/loss", "--out", str(panels)])
+    assert (panels / "table_training_curves.png").is_file()
+
+
+def test_run_cards_are_named_by_the_overrides_that_set_runs_apart(tmp_path):
+    root = tmp_path / "multirun"
+    for n, (model, seed) in enumerate([("pca", 1), ("pca", 2), ("ae", 1)]):
+        write_run(root / str(n), {"model": {"_target_": model}, "seed": seed}, {"status": "finished", "test/recon_sse": 1.0})
+        write_overrides(root / str(n), [f"model={model}", "data=digits", f"seed={seed}", "trainer.max_epochs=1"])
+    report_main([str(root), "--format", "html", "--out", str(tmp_path / "r")])
+    page = (tmp_path / "r" / "table.html").read_text()
+    for n, name in enumerate(["model=pca,seed=1", "model=pca,seed=2", "model=ae,seed=1"]):
+        assert f"<h3>{name} <span class='src'>{n}</span></h3>" in page
+    assert "data=digits" not in page  # the same for every run: no part of a name
+    write_run(tmp_path / "single", {"seed": 1}, {"status": "finished", "test/recon_sse": 1.0})
+    write_overrides(tmp_path / "single", ["seed=1"])
+    report_main([str(tmp_path / "single"), "--format", "html", "--out", str(tmp_path / "s")])
+    assert "<h3>single</h3>" in (tmp_path / "s" / "table.html").read_text()  # nothing to tell apart: the folder name
+
+
+def test_tables_of_quick_experiment_runs_say_so_in_their_header(multirun, tmp_path):
+    experiment = multirun.parent
+    (experiment / "experiment.json").write_text(json.dumps({"experiment": "hinton2006", "mode": "quick",
+                                                            "overrides": ["data.limit=1000", "trainer.max_epochs=1"]}))
+    out = tmp_path / "r"
+    report_main([str(multirun), "--title", "Hinton 2006", "--out", str(out)])
+    note = "Quick mode (latentbench experiment hinton2006 --quick: data.limit=1000 trainer.max_epochs=1)"
+    assert (out / "table.md").read_text().startswith(f"**{note}: ")
+    assert "Hinton 2006 (Quick mode" in (out / "table.tex").read_text()
+    page = (out / "table.html").read_text()
+    assert "<title>Hinton 2006 (quick mode)</title>" in page and f"<p class='note'>{note}" in page
+    assert {r["mode"] for r in read_csv(out / "table.csv")} == {"quick"}
+    (experiment / "experiment.json").write_text(json.dumps({"experiment": "hinton2006", "mode": "full"}))
+    report_main([str(multirun), "--out", str(out)])
+    assert "Quick mode" not in (out / "table.md").read_text() and "mode" not in read_csv(out / "table.csv")[0]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
+def test_training_curves_show_in_headless_chromium(with_curves, tmp_path):
+    out = tmp_path / "r"
+    report_main([str(with_curves), "--format", "html", "--out", str(out)])
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1400,1400",
+                    (out / "table.html").resolve().as_uri()], capture_output=True, timeout=120, check=False)
+    with Image.open(shot) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # both groups' curves are on screen
+        assert (np.abs(pixels - colour).sum(axis=1) < 40).sum() > 50, colour

@@ -198,6 +198,12 @@ def test_a_full_disk_fails_in_one_line_and_keeps_the_last_good_checkpoint(small_
     assert not list(run_dir.rglob(".*.tmp-*"))
 
 
+def job_dir(sweep, number: int):
+    """Job ``number``'s folder of a multirun (``<number>_<swept overrides>``), or where it would be."""
+    found = sorted(sweep.glob(f"{number}_*"))
+    return found[0] if found else sweep / f"{number}_not-started"
+
+
 def test_an_interrupted_multirun_resumes_only_the_jobs_not_finished(tmp_path):
     sweep = tmp_path / "sweep"
     # job 0 finishes, job 1 gets SIGTERM at step 8 (the multirun stops there), job 2 never starts
@@ -206,12 +212,13 @@ def test_an_interrupted_multirun_resumes_only_the_jobs_not_finished(tmp_path):
     result = run_cli("train", *jobs)
     assert result.returncode == 143, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].strip() == f"latentbench train -m resume={sweep}"
-    assert [RunDir(sweep / str(n)).status() for n in range(3)] == ["finished", "interrupted", None]
-    first = (sweep / "0" / "metrics.json").read_bytes()
+    assert [RunDir(job_dir(sweep, n)).status() for n in range(3)] == ["finished", "interrupted", None]
+    assert job_dir(sweep, 1).name == "1_+callbacks.signal.n=8"  # named by the swept override
+    first = (job_dir(sweep, 0) / "metrics.json").read_bytes()
     resumed = run_cli("train", "-m", f"resume={sweep}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert (sweep / "0" / "metrics.json").read_bytes() == first  # skipped, not retrained
-    metrics = [RunDir(sweep / str(n)).metrics() for n in range(3)]
+    assert (job_dir(sweep, 0) / "metrics.json").read_bytes() == first  # skipped, not retrained
+    metrics = [RunDir(job_dir(sweep, n)).metrics() for n in range(3)]
     assert [m["status"] for m in metrics] == ["finished"] * 3
     # the signal callback does not change training: all three jobs equal job 0, the interrupted one included
     assert {k: metrics[1][k] for k in COMPARED} == {k: metrics[0][k] for k in COMPARED} == {k: metrics[2][k] for k in COMPARED}

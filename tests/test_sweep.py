@@ -39,14 +39,14 @@ def test_offline_grid_runs_every_trial_and_lists_the_failed_one(tmp_path, capsys
     lines = {line.split()[0]: line for line in printed.splitlines() if line.strip()[:1].isdigit()}
     assert "finished" in lines["0"] and "model.latent_dim=8" in lines["0"]
     assert "failed" in lines["1"] and "model.latent_dim: 100 is larger than the input size 64" in lines["1"]
-    finished = json.loads((out / "0" / "metrics.json").read_text())
+    finished = json.loads((out / "0_model.latent_dim=8" / "metrics.json").read_text())
     assert finished["status"] == "finished" and finished["test/recon_sse"] > 0
     assert f"{finished['test/recon_sse']:.6g}" in lines["0"]
-    failed = json.loads((out / "1" / "metrics.json").read_text())
+    failed = json.loads((out / "1_model.latent_dim=100" / "metrics.json").read_text())
     assert failed["status"] == "failed" and "larger than the input size" in failed["error"]
-    config = yaml.safe_load((out / "0" / ".hydra" / "config.yaml").read_text())
+    config = yaml.safe_load((out / "0_model.latent_dim=8" / ".hydra" / "config.yaml").read_text())
     assert config["logger"]["wandb"]["group"] == "t"  # the sweep name is the W&B group of every trial
-    assert config["run_name"] == "t_${hydra:job.num}"
+    assert "run_name=" not in printed  # trials are named by their folders (0_model.latent_dim=8), not by a run_name override
 
 
 def test_offline_random_sweep_runs_optuna_with_the_sweep_metric(tmp_path, capsys, monkeypatch):
@@ -55,14 +55,16 @@ def test_offline_random_sweep_runs_optuna_with_the_sweep_metric(tmp_path, capsys
     with_wandb = [o for o in TINY if o != "logger=none"]  # W&B offline: each trial must get its own run
     assert main(["sweep", str(REPO / "sweeps" / "ae_random.yaml"), "--count", "2", "--out", str(out), *with_wandb]) == 0
     runs = []
-    for n in (0, 1):
-        records = finished_records(next((out / str(n) / "wandb").glob("offline-run-*/run-*.wandb")))
+    jobs = sorted(out.glob("[0-9]_*"))  # 0_model.activation=...,model.latent_dim=...,model.optimizer.lr=...
+    assert [job.name.split("_")[0] for job in jobs] == ["0", "1"] and all("model.optimizer.lr=" in job.name for job in jobs)
+    for job in jobs:
+        records = finished_records(next((job / "wandb").glob("offline-run-*/run-*.wandb")))
         runs.append(next(r.run for r in records if r.WhichOneof("record_type") == "run"))
     assert runs[0].run_id != runs[1].run_id
     assert [r.run_group for r in runs] == ["ae_random", "ae_random"]
-    assert [r.display_name for r in runs] == ["ae_random_0", "ae_random_1"]
+    assert [r.display_name for r in runs] == [job.name for job in jobs]
     results = yaml.safe_load((out / "optimization_results.yaml").read_text())
-    values = [json.loads((out / str(n) / "metrics.json").read_text())["test/recon_sse"] for n in (0, 1)]
+    values = [json.loads((job / "metrics.json").read_text())["test/recon_sse"] for job in jobs]
     assert results["best_value"] == pytest.approx(min(values))
     assert set(results["best_params"]) == {"model.optimizer.lr", "model.latent_dim", "model.activation"}
     assert 1e-4 <= results["best_params"]["model.optimizer.lr"] <= 1e-2
@@ -159,9 +161,9 @@ def test_two_trials_through_the_submitit_local_launcher(tmp_path):
     """The cluster path without a cluster: submitit's local executor runs each job as a subprocess."""
     result = run_cli("train", "-m", "hydra/launcher=local", "model=pca", "model.n_components=4,8", *TINY, f"hydra.sweep.dir={tmp_path}", fresh=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    sse = {n: json.loads((tmp_path / str(n) / "metrics.json").read_text())["test/recon_sse"] for n in (0, 1)}
+    sse = {n: json.loads((tmp_path / f"{n}_model.n_components={k}" / "metrics.json").read_text())["test/recon_sse"] for n, k in ((0, 4), (1, 8))}
     assert sse[1] < sse[0]  # 8 components reconstruct better than 4
-    assert (tmp_path / ".submitit").is_dir() and (tmp_path / "0" / ".hydra" / "config.yaml").is_file()
+    assert (tmp_path / ".submitit").is_dir() and (tmp_path / "0_model.n_components=4" / ".hydra" / "config.yaml").is_file()
 
 
 GRID_SWEEPS = sorted(path.name for path in (REPO / "sweeps").glob("*.yaml") if yaml.safe_load(path.read_text())["method"] == "grid")

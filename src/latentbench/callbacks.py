@@ -130,7 +130,8 @@ class EmbeddingPlot(pl.Callback):
 
     Args:
         max_points (`int`): test codes shown and scored.
-        methods (`list[str]`): 2-D maps drawn, from ``pca``, ``tsne``, ``umap`` (skipped without umap-learn).
+        methods (`list[str]`): 2-D maps drawn, from ``pca``, ``tsne``, ``umap`` (umap-learn is optional:
+            without it ``umap`` is skipped, with one warning line when the callback is built).
         tsne_max_points (`int`): t-SNE runs on at most this many of the points (it is slow).
         knn_neighbors (`int`): k of the kNN accuracy; 0 turns it off.
         knn_train_points (`int`): train images encoded for the kNN classifier.
@@ -145,17 +146,19 @@ class EmbeddingPlot(pl.Callback):
             ``max_points`` codes of the test run (re-encoded from the clean images with ``score_inputs=image``).
     """
 
-    def __init__(self, max_points: int = 2000, methods: list[str] = ("pca", "tsne", "umap"), tsne_max_points: int = 500,
+    def __init__(self, max_points: int = 2000, methods: list[str] = ("pca", "tsne"), tsne_max_points: int = 500,
                  knn_neighbors: int = 5, knn_train_points: int = 5000, thumbnails: int = 500, linear_probe: bool = False,
                  probe_train_points: int = 10000, probe_max_iter: int = 200, score_inputs: Literal["input", "image"] = "input",
                  score_test_points: int = 0):
-        from latentbench.evaluation.embeddings import METHODS
+        from latentbench.evaluation.embeddings import METHODS, umap_installed
 
         if max_points <= 0:
             raise ValueError(f"max_points: must be positive, got {max_points}")
         for method in methods:
             if method not in METHODS:
                 raise ValueError(f"methods: {method!r} is not allowed (allowed: {', '.join(METHODS)})")
+        if "umap" in methods and not umap_installed():
+            log.warning("callbacks.embedding_plot.methods: umap skipped: umap-learn is not installed (uv pip install umap-learn)")
         for name, value in (("tsne_max_points", tsne_max_points), ("knn_neighbors", knn_neighbors),
                             ("knn_train_points", knn_train_points), ("thumbnails", thumbnails),
                             ("probe_train_points", probe_train_points), ("score_test_points", score_test_points)):

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from latentbench.errors import ConfigError, first_line
+from latentbench.errors import ConfigError, did_you_mean, first_line
 
 
 def conf_dir() -> Path:
@@ -43,7 +43,7 @@ def preflight(overrides: list[str]) -> None:
     except MissingConfigException as error:
         raise ConfigError(unknown_choice_message(error, overrides)) from None
     except (HydraException, ValueError) as error:
-        raise ConfigError(override_error_message(error)) from None
+        raise ConfigError(override_error_message(error, overrides)) from None
 
 
 def unknown_choice_message(error, overrides: list[str]) -> str:
@@ -53,16 +53,36 @@ def unknown_choice_message(error, overrides: list[str]) -> str:
         group, _, choice = override.lstrip("+~").partition("=")
         if f"'{group}/{choice}'" in text:
             available = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
-            return f"{group}={choice}: unknown choice (available: {', '.join(available)})"
+            return f"{group}={choice}: unknown choice{did_you_mean(choice, available)} (available: {', '.join(available)})"
     return first_line(error)
 
 
-def override_error_message(error: Exception) -> str:
-    """One line from Hydra's message about an override it could not apply."""
+def closest_key_hint(key: str, overrides: list[str]) -> str:
+    """`` (did you mean trainer.max_epochs?)`` for an override of a key the config does not have."""
+    from omegaconf import OmegaConf
+
+    parent, _, name = key.rpartition(".")
+    others = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=others)
+    except Exception:  # noqa: BLE001 (another override is broken too: no hint then)
+        return ""
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return ""
+    hint = did_you_mean(name, list(node.keys()))
+    return hint.replace("did you mean ", f"did you mean {parent}.") if parent and hint else hint
+
+
+def override_error_message(error: Exception, overrides: list[str] = ()) -> str:
+    """One line from Hydra's message about an override it could not apply (with the closest existing
+    key for a misspelled one)."""
     text = f"{error} {error.__cause__ or ''}"
     key = re.search(r"Could not override '([^']+)'", text)
     if key and "not in struct" in text:
-        return f"{key.group(1)}: no such key in the config (to add a new key, write +{key.group(1)}=...)"
+        hint = closest_key_hint(key.group(1), list(overrides))
+        return f"{key.group(1)}: no such key in the config{hint} (to add a new key, write +{key.group(1)}=...)"
     if key:
         return f"{key.group(1)}: {first_line(error.__cause__ or error) if error.__cause__ else 'cannot override'}"
     return first_line(error)

@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from latentbench.errors import ConfigError
+from latentbench.errors import ConfigError, did_you_mean
 
 TOP_LEVEL_TYPES = {
     "seed": int,
@@ -125,8 +125,8 @@ def _check_target(node: DictConfig, key: str) -> None:
         if name not in params:
             if accepts_kwargs:
                 continue
-            allowed = ", ".join(p for p in params if p not in ("self", "args", "kwargs"))
-            raise ConfigError(f"{key}.{name}: unknown key for {target} (allowed: {allowed})")
+            allowed = [p for p in params if p not in ("self", "args", "kwargs")]
+            raise ConfigError(f"{key}.{name}: unknown key for {target}{did_you_mean(name, allowed)} (allowed: {', '.join(allowed)})")
         if name in hints and not OmegaConf.is_interpolation(node, name):
             value = node[name]
             if not _matches(value, hints[name]):

@@ -28,3 +28,11 @@ def with_key_prefix(error: BaseException, node: str) -> ConfigError:
     if node and not message.startswith(f"{node}."):
         message = f"{node}.{message}"
     return ConfigError(message)
+
+
+def did_you_mean(word: str, candidates) -> str:
+    """``" (did you mean max_epochs?)"`` for the candidate closest to a misspelled ``word``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -6,6 +6,8 @@ Each entry of ``runs`` is one ``latentbench train -m <overrides>`` into ``<out>/
 ``latentbench report`` into ``<out>/report/<entry>.{md,tex,csv,html}``. ``--quick`` merges the
 experiment's ``quick.overrides`` over every run (same key: the quick value wins): the same code
 path on a slice of the data, for CPUs and tests. Extra overrides on the command line win over both.
+``<out>/experiment.json`` records the experiment, its mode and the budget overrides, so that a
+report of its runs (also one made later by hand) marks quick-mode tables as such.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from latentbench.launch import run_train
-    from latentbench.report import main as report_main
+    from latentbench.report import EXPERIMENT_RECORD, main as report_main
+    from latentbench.run_dir import now, write_json
 
     args = parser().parse_intermixed_args(argv)
     folder, spec = load_experiment(args.name)
@@ -90,6 +93,8 @@ def main(argv: list[str]) -> int:
     mode = "quick" if args.quick else "full"
     out = args.out or Path("outputs") / "experiments" / spec.get("name", args.name) / f"{mode}_{datetime.now():%Y-%m-%d_%H-%M-%S}"
     quick = (spec.get("quick") or {}).get("overrides", []) if args.quick else []
+    write_json(out / EXPERIMENT_RECORD, {"experiment": spec.get("name", args.name), "mode": mode, "started": now(),
+                                         "overrides": merge_overrides(quick, args.overrides)})
     code = 0
     written = []
     for entry, run in runs.items():

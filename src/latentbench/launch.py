@@ -45,13 +45,20 @@ def run_hydra_jobs(args: list[str]) -> int:
     from latentbench.train import TrainingFailed, objective, record_failure, train
 
     preflight(args)
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    if multirun:
+        args = [*args, *multirun_overrides(args)]
     failures: list[int] = []  # exit code of each failed job
+    sweep_dirs: list[str] = []  # the multirun's folder, once a job has started
 
     def train_task(cfg):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        if multirun:
+            sweep_dirs[:] = [HydraConfig.get().sweep.dir]
+            group_multirun_in_wandb(cfg, sweep_dirs[0], HydraConfig.get().runtime.output_dir)
         try:
             return objective(cfg, train(cfg))
         except ConfigError as error:
@@ -92,4 +99,58 @@ def run_hydra_jobs(args: list[str]) -> int:
         return exit_.code if isinstance(exit_.code, int) else 1
     except RunInterrupted as interrupted:  # a signal: the run saved its state; a multirun stops here too
         return interrupted.exit_code
+    if multirun and sweep_dirs:
+        print_multirun_summary(sweep_dirs[0])
     return max(failures, default=0)
+
+
+def multirun_overrides(args: list[str]) -> list[str]:
+    """Hydra overrides for a multirun: each job's folder is named by the overrides that vary over the
+    sweep (``3_model=pca,seed=2``; the shared ones, and values holding a ``/``, are left out of the name)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    named = [o for o in parsed if not o.is_hydra_override() and o.is_sweep_override() and not any("/" in v for v in sweep_values(o))]
+    shared = sorted({o.key_or_group for o in parsed if not o.is_hydra_override() and o not in named})
+    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(shared)}]"]
+
+
+def sweep_values(override) -> list[str]:
+    """The values a sweep override takes (``a,b``, ``range(3)``), or its text for one that samples (``interval(0,1)``)."""
+    try:
+        return [str(value) for value in override.sweep_string_iterator()]
+    except Exception:  # noqa: BLE001 (Hydra: "Can only enumerate CHOICE and RANGE sweeps")
+        return [str(override.value())]
+
+
+def group_multirun_in_wandb(cfg, sweep_dir: str, job_dir: str) -> None:
+    """Every job of a multirun logs to one W&B group, the multirun's folder (unless the config names
+    one), as a W&B run named like its folder (``2_model=ae,seed=1``)."""
+    from pathlib import Path
+
+    from omegaconf import open_dict
+
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    if wandb is None:
+        return
+    with open_dict(cfg):
+        if wandb.get("group") is None:
+            wandb.group = str(sweep_dir)
+        wandb.name = Path(job_dir).name
+
+
+def print_multirun_summary(sweep_dir: str) -> None:
+    """One table of the multirun's jobs: folder, status, headline metrics or why it failed."""
+    from pathlib import Path
+
+    from latentbench.run_dir import multirun_jobs
+
+    rows = multirun_jobs(Path(sweep_dir))
+    if not rows:
+        return
+    width = max(len(row["job"]) for row in rows)
+    print(f"\nmultirun {sweep_dir}: {sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs finished")
+    for row in rows:
+        print(f"  {row['job']:<{width}}  {row['status']:<11} {row['result']}")
+    print(f"table: latentbench report {sweep_dir}")
+

@@ -10,6 +10,13 @@ mean ± std over the runs of a group (its seeds) with the run count ``n``. Faile
 (``metrics.json`` says ``status: failed``) and runs without ``metrics.json`` (killed, still running)
 are counted and listed, never averaged; a group with no finished run shows ``failed``/``missing``
 cells. A run whose config lacks a group key gets a blank cell.
+
+Every format is written unless ``--format`` picks some (``md,tex,csv,html`` or ``md tex``). The
+HTML page also draws the training curves of the runs (``history.csv``, :mod:`latentbench.curves`):
+``train/loss`` and the validation metrics against steps, one colour per group, mean ± std over its
+finished runs; its run cards are named by the overrides that differ between the runs
+(``model=pca,seed=1``). Runs of ``latentbench experiment --quick`` (an ``experiment.json`` of mode
+``quick`` in a folder above them) are marked as such in every table's header.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from latentbench.errors import ConfigError, first_line
 DEFAULT_METRICS = ["test/recon_sse", "test/psnr"]
 FORMATS = ("md", "tex", "csv", "html")
 ABSENT = object()
+EXPERIMENT_RECORD = "experiment.json"  # written by `latentbench experiment` into its output folder
+MAX_CURVES = 9  # panels of the training-curves figure when --curves does not name them
 
 
 @dataclass
@@ -49,6 +58,10 @@ class Run:
     path: Path | None = None
     images: dict[str, Path] = field(default_factory=dict)  # image key -> latest PNG
     codes: Path | None = None  # the test embedding table (CSV or W&B table JSON)
+    overrides: list[str] = field(default_factory=list)  # the run's own overrides (.hydra/overrides.yaml)
+    quick: dict[str, Any] | None = None  # the record of the `latentbench experiment --quick` that made the run
+    label: str = ""  # the run's name in the report: the overrides that set it apart, else its folder
+    history: Any = None  # its logged values by step (pandas DataFrame), once read
 
     def value(self, key: str) -> Any:
         """The config value at dotted ``key`` (``model.n_components``), or ABSENT."""
@@ -151,6 +164,47 @@ def read_codes(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return frame[["x", "y"]].to_numpy(float), frame["label"].to_numpy(int)
 
 
+def run_overrides(run) -> list[str]:
+    """The overrides a run was started with, without the ones that only say where it went."""
+    from latentbench.run_dir import RunDirError
+
+    try:
+        return [o for o in run.overrides() if not o.startswith(("hydra.", "resume="))]
+    except RunDirError:
+        return []
+
+
+def quick_record(run_dir: Path, root: Path) -> dict[str, Any] | None:
+    """The record of the quick-mode experiment a run belongs to (``experiment.json`` with mode
+    ``quick`` in its folder or a folder above it, up to the report's source's parent), else None."""
+    from latentbench.run_dir import RunDirError, read_json
+
+    stop = root.resolve().parent
+    for folder in [run_dir.resolve(), *run_dir.resolve().parents]:
+        try:
+            record = read_json(folder / EXPERIMENT_RECORD)
+        except RunDirError:
+            record = None
+        if record is not None:
+            return record if record.get("mode") == "quick" else None
+        if folder == stop:
+            return None
+    return None
+
+
+def name_runs(runs: list[Run]) -> None:
+    """Each run's ``label``: its overrides whose value differs between the runs
+    (``model=pca,seed=1``), else its folder name; a label two runs share gets the folder too."""
+    keyed = [{o.lstrip("+~").partition("=")[0]: o for o in run.overrides} for run in runs]
+    differing = {key for key in set().union(*keyed) if len({k.get(key) for k in keyed}) > 1}
+    for run, overrides in zip(runs, keyed):
+        run.label = ",".join(o for key, o in overrides.items() if key in differing) or run.name
+    shared = pd.Series([run.label for run in runs]).duplicated(keep=False)
+    for run, twice in zip(runs, shared):
+        if twice and run.label != run.name:
+            run.label = f"{run.label} ({run.name})"
+
+
 def collect_local(root: Path) -> list[Run]:
     """Every run directory below ``root`` (a folder with ``.hydra/config.yaml``)."""
     if not root.exists():
@@ -179,7 +233,8 @@ def collect_local(root: Path) -> list[Run]:
             status = status if status in ("interrupted", "failed") else "missing"
             error = {"interrupted": "interrupted; resume it with latentbench train resume=" + str(run.path)}.get(
                 status, "no metrics.json (killed, or still running)")
-        runs.append(Run(name, config, metrics or {}, status, error, run.path, latest_images(run.path), embedding_table(run.path)))
+        runs.append(Run(name, config, metrics or {}, status, error, run.path, latest_images(run.path), embedding_table(run.path),
+                        run_overrides(run), quick_record(run.path, root)))
     if not runs:
         raise ConfigError(f"report: no runs under {root} (no .hydra/config.yaml below it)")
     return runs
@@ -383,6 +438,20 @@ def to_csv(frame: pd.DataFrame) -> str:
     return frame.to_csv(index=False, lineterminator="\r\n")  # the csv module's line ends, as before
 
 
+def quick_note(runs: list[Run]) -> str:
+    """One line for the header of tables made from ``latentbench experiment --quick`` runs, else ''."""
+    quick = [run for run in runs if run.quick is not None]
+    if not quick:
+        return ""
+    record = quick[0].quick
+    how = " ".join(str(part) for part in ("latentbench experiment", record.get("experiment"), "--quick") if part)
+    overrides = record.get("overrides") or []
+    if overrides:
+        how += ": " + " ".join(str(o) for o in overrides)
+    share = "" if len(quick) == len(runs) else f" ({len(quick)} of the {len(runs)} runs)"
+    return f"Quick mode{share} ({how}): a slice of the data and of the training budget, not comparable with the paper's numbers"
+
+
 def failure_lines(table: Table) -> list[str]:
     return [f"{run.name}: {run.status}" + (f" ({run.error})" if run.error else "")
             for _, runs in table.groups for run in runs if run.status != "finished"]
@@ -458,6 +527,98 @@ def plot_codes(table: Table, path: Path) -> Path | None:
     return path
 
 
+def load_histories(runs: list[Run]) -> list[str]:
+    """Read each local run's logged history (``run.history``); lines for the ones that cannot be read."""
+    from latentbench.curves import read_history
+
+    problems = []
+    for run in runs:
+        if run.path is None:
+            continue
+        try:
+            run.history = read_history(run.path)
+        except Exception as error:  # noqa: BLE001 (pandas raises many kinds for a damaged file)
+            problems.append(f"{run.name}: history not read ({first_line(error)})")
+    return problems
+
+
+def curve_metrics(runs: list[Run], asked: list[str] | None) -> list[str]:
+    """The curves to draw: ``asked``, else ``train/loss``, ``val/loss`` and the other ``val/`` keys
+    the runs logged (at most MAX_CURVES)."""
+    if asked is not None:
+        return list(dict.fromkeys(asked))
+    logged = {key for run in runs if run.history is not None for key in run.history.columns}
+    shown = [k for k in ("train/loss", "val/loss") if k in logged]
+    return (shown + sorted(k for k in logged if k.startswith("val/") and k not in shown))[:MAX_CURVES]
+
+
+def group_curve(runs: list[Run], metric: str) -> pd.DataFrame:
+    """``metric`` against step over the finished runs of a group: columns ``mean``, ``std`` (blank
+    where fewer than two runs cover the step) and ``n``, indexed by step. Runs logged at different
+    steps are each interpolated linearly onto the others' steps, inside their own range only."""
+    from latentbench.curves import curve
+
+    series = [curve(run.history, metric) for run in runs if run.status == "finished" and run.history is not None]
+    series = [s for s in series if not s.empty]
+    if not series:
+        return pd.DataFrame(columns=["mean", "std", "n"], dtype=float)
+    steps = sorted(set().union(*(s.index for s in series)))
+    aligned = pd.concat([s.reindex(steps).interpolate(method="index", limit_area="inside") for s in series], axis=1)
+    return pd.DataFrame({"mean": aligned.mean(axis=1), "std": aligned.std(axis=1), "n": aligned.count(axis=1)})
+
+
+def group_label(keys: tuple[str, ...]) -> str:
+    return ", ".join(k for k in keys if k) or "all runs"
+
+
+def plot_training_curves(table: Table, metrics: list[str], path: Path) -> Path | None:
+    """One panel per metric against step: per group (one colour each) the mean over its finished
+    runs, a band of ± one std; None when no run logged any of ``metrics``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(metric, [(i, keys, group_curve(runs, metric)) for i, (keys, runs) in enumerate(table.groups)]) for metric in metrics]
+    panels = [(metric, [g for g in groups if not g[2].empty]) for metric, groups in panels]
+    panels = [(metric, groups) for metric, groups in panels if groups]
+    if not panels:
+        return None
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    legend_rows = math.ceil(len({i for _, groups in panels for i, _, _ in groups}) / 4)
+    height = 3.1 * rows + 0.3 * legend_rows + 0.2
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, height), dpi=110, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    legend: dict[str, Any] = {}
+    for ax, (metric, groups) in zip(axes.flat, panels):
+        for i, keys, stats in groups:
+            colour = colours[i % len(colours)]
+            label = f"{group_label(keys)} (n={int(stats['n'].max())})"
+            marker = "o" if len(stats) <= 12 else None  # single evaluations (PCA's one validation) stay visible
+            (line,) = ax.plot(stats.index, stats["mean"], color=colour, marker=marker, markersize=5 if len(stats) == 1 else 3,
+                              linewidth=1.4, label=label)
+            band = stats["std"].notna()
+            ax.fill_between(stats.index[band], (stats["mean"] - stats["std"])[band], (stats["mean"] + stats["std"])[band],
+                            color=colour, alpha=0.2, linewidth=0)
+            legend.setdefault(label, line)
+        values = pd.concat([g[2]["mean"] for g in groups]).dropna()
+        if len(values) and values.min() > 0 and values.max() / values.min() > 30:
+            ax.set_yscale("log")
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(4, len(legend)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, (0.3 * legend_rows + 0.2) / height, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------- HTML
 
 
@@ -477,13 +638,21 @@ def table_html(frame: pd.DataFrame) -> str:
     return styler.set_td_classes(cells.map(cell_class)).to_html()
 
 
-def to_html(title: str, table: Table, figures: list[Path], failures: list[str], image_filter: list[str], reference: Reference | None) -> str:
+def to_html(title: str, table: Table, figures: list[Path], failures: list[str], image_filter: list[str], reference: Reference | None,
+            curves: Path | None = None, note: str = "") -> str:
     """One self-contained page: every image is inlined as base64, no script, no network."""
-    parts = [f"<h1>{html.escape(title)}</h1>", table_html(table.shown)]
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if note:
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    parts.append(table_html(table.shown))
     if reference is not None and reference.source:
         parts.append(f"<p class='src'>{html.escape(reference.label)}: {html.escape(reference.source)}</p>")
     if failures:
         parts.append("<h2>Failed or missing runs</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in failures) + "</ul>")
+    if curves is not None:
+        parts.append("<h2>Training curves</h2><figure class='curves'>"
+                     f"<img src='{data_uri(curves)}' alt='training curves'><figcaption>against optimizer steps; per group the mean "
+                     "over its finished runs, the band ± one standard deviation (history.csv of each run)</figcaption></figure>")
     if figures:
         parts.append("<h2>Plots</h2><div class='row plots'>" + "".join(
             f"<figure><img src='{data_uri(f)}' alt='{html.escape(f.name)}'><figcaption>{html.escape(f.stem)}</figcaption></figure>"
@@ -494,12 +663,12 @@ def to_html(title: str, table: Table, figures: list[Path], failures: list[str], 
         for run in runs:
             images = {k: p for k, p in run.images.items() if not image_filter or any(s in k for s in image_filter)}
             status = "" if run.status == "finished" else f" <span class='bad'>{html.escape(run.status)}</span>"
+            folder = f" <span class='src'>{html.escape(run.name)}</span>" if run.label not in run.name else ""  # 1_model=pca: once
             imgs = "".join(
                 f"<figure><img src='{data_uri(p)}' alt='{html.escape(k)}'><figcaption>{html.escape(k)}</figcaption></figure>"
                 for k, p in images.items()) or "<p class='src'>no images</p>"
-            cards.append(f"<div class='card'><h3>{html.escape(run.name)}{status}</h3><div class='row'>{imgs}</div></div>")
-        label = ", ".join(k for k in keys if k) or "all runs"
-        gallery.append(f"<h3 class='group'>{html.escape(label)}</h3><div class='row'>{''.join(cards)}</div>")
+            cards.append(f"<div class='card'><h3>{html.escape(run.label or run.name)}{folder}{status}</h3><div class='row'>{imgs}</div></div>")
+        gallery.append(f"<h3 class='group'>{html.escape(group_label(keys))}</h3><div class='row'>{''.join(cards)}</div>")
     parts.append("<h2>Latest images of each run</h2>" + "".join(gallery))
     style = (
         "body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:1em 0}"
@@ -508,7 +677,8 @@ def to_html(title: str, table: Table, figures: list[Path], failures: list[str], 
         ".row{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}figure{margin:0}"
         "figure img{max-width:420px;max-height:260px;border:1px solid #ddd}.plots figure img{max-width:760px;max-height:420px}figcaption{font-size:11px;color:#555}"
         ".card{border:1px solid #ddd;padding:6px;border-radius:4px}.card h3{font-size:13px;margin:2px 0 6px}"
-        ".src{font-size:12px;color:#555}h3.group{margin-bottom:4px}"
+        ".src{font-size:12px;color:#555}h3.group{margin-bottom:4px}.curves img{max-width:100%;max-height:none}"
+        ".note{background:#fff3cd;border:1px solid #e0c060;padding:6px 10px;display:inline-block}"
     )
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
@@ -531,7 +701,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", nargs="*", default=[], metavar="METRIC", help="plot these metrics against --against (PNG)")
     p.add_argument("--against", metavar="KEY", help="the swept config key on the x axis of --plot")
     p.add_argument("--codes", action="store_true", help="a side-by-side scatter of each group's 2-D test codes (codes.png)")
-    p.add_argument("--format", nargs="+", default=["md", "tex", "csv"], choices=FORMATS, help="table formats (default: md tex csv)")
+    p.add_argument("--format", nargs="+", metavar="FORMAT",
+                   help=f"what to write, comma- or space-separated: {','.join(FORMATS)} (default: all of them)")
+    p.add_argument("--curves", nargs="*", metavar="METRIC",
+                   help="history keys drawn against steps (default: train/loss, val/loss and the other val/ metrics; "
+                        "drawn with html, or when named here; none given: no curves)")
     p.add_argument("--images", nargs="*", default=["reconstructions", "samples", "embedding"], metavar="SUBSTRING",
                    help="image keys shown per run in the HTML page (default: reconstructions samples embedding)")
     p.add_argument("--out", type=Path, help="output folder (default: <source>/report, or report/ for W&B)")
@@ -542,15 +716,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def formats(asked: list[str] | None) -> list[str]:
+    """``--format`` values (``md,csv``, ``md csv`` or both mixed) as a list of FORMATS; all of them when none is given."""
+    if not asked:
+        return list(FORMATS)
+    picked = [f.strip().lower() for value in asked for f in value.split(",") if f.strip()]
+    unknown = [f for f in picked if f not in FORMATS]
+    if unknown or not picked:
+        raise ConfigError(f"report --format: {', '.join(unknown) or 'nothing'} is not a format (choose from {', '.join(FORMATS)}, "
+                          "comma- or space-separated)")
+    return list(dict.fromkeys(picked))
+
+
 def make_report(args: argparse.Namespace) -> dict[str, Path]:
     """Collect, group, aggregate and write; returns ``{format or figure name: path}``."""
     if args.plot and not args.against:
         raise ConfigError("report --plot: needs --against <swept config key>")
+    chosen = formats(args.format)
     runs = collect(args.source, args.wandb_group)
     unreadable = [r for r in runs if r.status == UNREADABLE]
     runs = [r for r in runs if r.status != UNREADABLE]
     if not runs:
         raise ConfigError(f"report: every run under {args.source} is unreadable (first: {unreadable[0].error})")
+    name_runs(runs)
     reference = load_reference(args.reference) if args.reference else None
     table = build_table(runs, args.group_by, args.metrics, reference, args.digits)
     out = args.out or (Path("report") if args.source.startswith("wandb:") else Path(args.source) / "report")
@@ -572,24 +760,38 @@ def make_report(args: argparse.Namespace) -> dict[str, Path]:
     if unreadable:
         failures.append(f"{len(unreadable)} unreadable run{'s' if len(unreadable) > 1 else ''} left out of the table")
         failures += [f"{r.name}: unreadable ({r.error})" for r in unreadable]
+    curves = None
+    if args.curves or (args.curves is None and "html" in chosen):
+        failures += load_histories(runs)
+        curves = plot_training_curves(table, curve_metrics(runs, args.curves), out / f"{args.name}_training_curves.png")
+        if curves is not None:
+            written["curves"] = curves
+    note = quick_note(runs)
     title = args.title or f"latentbench report: {args.source}"
-    for fmt_name in args.format:
+    for fmt_name in chosen:
         if fmt_name == "md":
-            text = to_markdown(table.shown)
+            text = (f"**{note}**\n\n" if note else "") + to_markdown(table.shown)
             if reference is not None and reference.source:
                 text += f"\n{reference.label}: {reference.source}\n"
+            if curves is not None:
+                text += f"\n![training curves]({curves.name})\n"
             if failures:
                 text += "\nFailed or missing runs:\n\n" + "".join(f"- {line}\n" for line in failures)
             path = out / f"{args.name}.md"
         elif fmt_name == "tex":
-            text, path = to_latex(table.shown, args.title), out / f"{args.name}.tex"
+            caption = f"{args.title} ({note})" if args.title and note else args.title or note
+            text, path = to_latex(table.shown, caption), out / f"{args.name}.tex"
         elif fmt_name == "csv":
-            text, path = to_csv(table.raw), out / f"{args.name}.csv"
+            raw = table.raw if not note else table.raw.assign(mode=["quick" if any(r.quick for r in members) else ""
+                                                                     for _, members in table.groups])
+            text, path = to_csv(raw), out / f"{args.name}.csv"
         else:
-            text = to_html(title, table, figures, failures, args.images, reference)
+            text = to_html(f"{title} (quick mode)" if note else title, table, figures, failures, args.images, reference, curves, note)
             path = out / f"{args.name}.html"
         path.write_text(text, encoding="utf-8")
         written[fmt_name] = path
+    if note:
+        print(note)
     print(to_markdown(table.shown), end="")
     for line in failures:
         print(f"  {line}")

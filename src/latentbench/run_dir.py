@@ -7,6 +7,7 @@ Every command reads and writes runs through :class:`RunDir`; nothing else knows 
       .hydra/overrides.yaml    the overrides the run was started with
       run.json                 status (running | finished | failed | interrupted), pid, host, W&B id
       metrics.json             final results (status finished) or why the run failed
+      history.csv              every logged value by step (train, val, test), whatever the logger
       checkpoints/last.ckpt    the newest state: epoch end, periodic, interruption
       checkpoints/best-*.ckpt  the best by the monitored metric (tested at the end)
       .lock                    pid and host of the process writing the run (absent when none is)
@@ -168,6 +169,10 @@ class RunDir:
     @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.json"
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / "history.csv"
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -410,3 +415,28 @@ class RunDir:
         owner = self._lock_owner()
         if owner is not None and owner.get("pid") == os.getpid():
             self.lock_file.unlink(missing_ok=True)
+
+
+def job_number(folder: Path) -> int:
+    """The job number a multirun folder starts with (``3_model=pca`` -> 3); large for other names."""
+    head = folder.name.split("_", 1)[0]
+    return int(head) if head.isdigit() else 1 << 30
+
+
+def multirun_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The jobs of a multirun folder in job order: ``{"job", "path", "overrides", "status", "metrics", "result"}``,
+    ``result`` being the headline test metrics of a finished job, else why it did not finish."""
+    rows = []
+    for path in sorted((p.parents[1] for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=lambda p: (job_number(p), p.name)):
+        run = RunDir(path)
+        try:
+            metrics = run.metrics() or {}
+            status = metrics.get("status") or run.status() or "not started"
+            overrides = run.overrides()
+            reason = metrics.get("error") or run.info().get("error") or ""
+        except RunDirError as error:
+            metrics, status, overrides, reason = {"error": str(error)}, "unreadable", [], str(error)
+        result = ", ".join(headline_metrics(metrics)) if status == "finished" else str(reason)
+        rows.append({"job": path.name, "path": path, "overrides": overrides, "status": status, "metrics": metrics, "result": result})
+    return rows
+

@@ -1,9 +1,9 @@
 """``latentbench sample``: images from a trained latent diffusion checkpoint.
 
-    latentbench sample checkpoint=<ldm .ckpt or run dir> output=<dir> [prompts=[...]] [classes=[...]]
+    latentbench sample checkpoint=<ldm .ckpt or run dir> [output=<dir>] [prompts=[...]] [classes=[...]]
         [sampler=ddim] [steps=50] [guidance_scale=3.0] [seed=0] [per_condition=4] [device=auto] [wandb=auto]
 
-writes ``<output>/grid.png`` (one row per class/prompt), one PNG per image and ``samples.json``
+writes (by default into the run's folder, ``<run>/samples/<time>/``) ``<output>/grid.png`` (one row per class/prompt), one PNG per image and ``samples.json``
 (what was asked for, and which file holds which image). With ``wandb=auto`` the grid also goes to
 the training run's W&B run when it had one (``wandb=false`` skips it).
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from latentbench.errors import ConfigError
+from latentbench.errors import ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,10 @@ def parse_arguments(args: list[str]) -> dict[str, Any]:
         raise ConfigError(f"sample: cannot parse the arguments ({str(error).splitlines()[0]})") from None
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
-        raise ConfigError(f"sample: unknown argument {unknown[0]!r} (allowed: {', '.join(DEFAULTS)})")
+        raise ConfigError(f"sample: unknown argument {unknown[0]!r}{did_you_mean(unknown[0], DEFAULTS)} (allowed: {', '.join(DEFAULTS)})")
     options = {**DEFAULTS, **given}
-    for key in ("checkpoint", "output"):
-        if options[key] is None:
-            raise ConfigError(f"{key}: missing required value (latentbench sample checkpoint=<ldm ckpt> output=<dir>)")
+    if options["checkpoint"] is None:
+        raise ConfigError("checkpoint: missing required value (latentbench sample checkpoint=<ldm ckpt or run dir> [output=<dir>])")
     for key in ("prompts", "classes"):
         if options[key] is not None and not isinstance(options[key], list):
             options[key] = [options[key]]
@@ -76,6 +75,19 @@ def load_model(checkpoint: str, device: str):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = LatentDiffusion.load_from_checkpoint(path, map_location=device, weights_only=True)
     return model.eval(), path
+
+
+def default_output(checkpoint: str) -> Path:
+    """``<run>/samples/<time>/``: the samples of a run's checkpoint go into that run's folder."""
+    from datetime import datetime
+
+    from latentbench.run_dir import RunDir, RunDirError
+
+    try:
+        run = RunDir.containing(checkpoint)
+    except RunDirError:
+        raise ConfigError(f"output: {checkpoint} is not inside a run folder; say where the samples go (output=<dir>)") from None
+    return run.path / "samples" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def requests_of(model, options: dict[str, Any]) -> list | None:
@@ -150,6 +162,8 @@ def log_to_wandb(checkpoint_path: str, grid: np.ndarray, caption: str) -> str | 
 def sample(options: dict[str, Any]) -> dict[str, Any]:
     """Load the checkpoint, sample, write the files; returns what ``samples.json`` holds."""
     model, path = load_model(options["checkpoint"], options["device"])
+    if options["output"] is None:
+        options = {**options, "output": str(default_output(path))}
     requests = requests_of(model, options)
     try:
         images = model.sample(requests, per_condition=options["per_condition"], sampler=options["sampler"],

@@ -132,7 +132,6 @@ def local_args(sweep: dict[str, Any], count: int | None, sweep_dir: Path, extra:
         *(o for o in fixed_overrides(sweep) if o.partition("=")[0] not in ("logger.wandb.group", "run_name")),
         *extra,
         f"++logger.wandb.group={hydra_value(name)}",  # ++: also when logger=none (then unused)
-        f"run_name={name}_" + "${hydra:job.num}",
         f"hydra.sweep.dir={sweep_dir}",
     ]
     if sweep["method"] == "grid":
@@ -173,24 +172,15 @@ def run_wandb(sweep: dict[str, Any], count: int | None, project: str | None, ent
 
 
 def trial_rows(sweep_dir: Path, metric: str | None, swept: list[str]) -> list[dict[str, Any]]:
-    """One row per job of the multirun: its number, swept overrides, status and objective (or failure reason)."""
-    import yaml
-
-    from latentbench.run_dir import RunDir, RunDirError
+    """One row per job of the multirun: its folder, swept overrides, status and objective (or failure reason)."""
+    from latentbench.run_dir import multirun_jobs
 
     rows = []
-    jobs = [p.parents[1] for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
-    for job in sorted(jobs, key=lambda p: int(p.name) if p.name.isdigit() else 1 << 30):
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-        shown = [o for o in overrides if o.split("=")[0] in swept]
-        try:
-            metrics = RunDir(job).metrics() or {}
-            status = metrics.get("status") or RunDir(job).status() or "missing"
-        except RunDirError as error:
-            metrics, status = {"error": str(error)}, "unreadable"
-        value = metrics.get(metric) if metric else None
-        detail = metrics.get("error", "") if status != "finished" else ("" if value is None else f"{value:.6g}")
-        rows.append({"job": job.name, "overrides": " ".join(shown), "status": status, "objective": detail, "value": value})
+    for job in multirun_jobs(sweep_dir):
+        shown = [o for o in job["overrides"] if o.split("=")[0] in swept]
+        value = job["metrics"].get(metric) if metric else None
+        detail = job["metrics"].get("error", "") if job["status"] != "finished" else ("" if value is None else f"{value:.6g}")
+        rows.append({"job": job["job"].split("_", 1)[0], "overrides": " ".join(shown), "status": job["status"], "objective": detail, "value": value})
     return rows
 
 

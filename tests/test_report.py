@@ -190,6 +190,7 @@ def test_missing_source_and_plot_without_against(tmp_path, capsys):
     assert "--against" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 20+ s; the quick-mode header is checked on hand-made runs by test_tables_of_quick_experiment_runs_say_so_in_their_header
 @needs_mnist
 def test_hinton2006_quick_mode_writes_its_tables(tmp_path, capsys):
     """The documented experiment command, quick and tiny: 2 configs x 2 seeds, then the 2-D codes figure."""

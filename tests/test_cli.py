@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from latentbench.cli import main
+from tests.conftest import REPO
 
 
 def test_help_lists_subcommands(capsys):
@@ -75,3 +77,16 @@ def test_multirun_jobs_log_to_one_wandb_group_named_after_the_multirun(tmp_path)
     for job in ("0_model.n_components=4", "1_model.n_components=8"):
         (init_log,) = (tmp_path / job / "wandb").glob("offline-run-*/logs/debug.log")  # what wandb.init was given
         assert f"'group': '{tmp_path}'" in init_log.read_text() and f"'name': '{job}'" in init_log.read_text()
+
+
+@pytest.mark.parametrize("args", [["train", "--help"], ["train", "--cfg", "job"], ["train", "trainer.max_epoch=3"]])
+def test_help_cfg_and_config_errors_answer_without_importing_torch(args):
+    """What makes them answer in about a second (bench/startup.py): no torch, Lightning or W&B import."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "latentbench.cli", *args], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert result.returncode == (2 if "trainer.max_epoch=3" in args else 0), result.stderr[-1000:]
+    assert not imported & {"torch", "pytorch_lightning", "wandb"}

@@ -23,6 +23,7 @@ def ddp_metrics(tmp_path, *overrides: str) -> dict:
     return json.loads((tmp_path / "ddp" / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # 60 s; the DDP path stays in the default run through the autoencoder test below
 @needs_mnist
 def test_ddp_two_processes_match_one_process_for_pca(cfg_factory, tmp_path):
     single = train(cfg_factory(*SLICE, "model=pca", "data.batch_size=64"))

@@ -10,6 +10,21 @@ class ConfigError(ValueError):
     """
 
 
+class RunInterrupted(BaseException):
+    """A run stopped by a signal (SIGTERM, SIGINT, SIGUSR1) after saving ``last.ckpt``.
+
+    A BaseException, like KeyboardInterrupt: it must end a Hydra multirun too, not only its job.
+    """
+
+    def __init__(self, signum: int, message: str, saved: bool = True):
+        super().__init__(message)
+        self.signum, self.saved = signum, saved
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+
+
 def first_line(error: BaseException) -> str:
     """The first non-empty line of an exception's message, or its class name."""
     for line in str(error).splitlines():

@@ -15,20 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-
-class RunInterrupted(BaseException):
-    """A run stopped by a signal (SIGTERM, SIGINT, SIGUSR1) after saving ``last.ckpt``.
-
-    A BaseException, like KeyboardInterrupt: it must end a Hydra multirun too, not only its job.
-    """
-
-    def __init__(self, signum: int, message: str, saved: bool = True):
-        super().__init__(message)
-        self.signum, self.saved = signum, saved
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+from latentbench.errors import RunInterrupted  # defined with the errors: the launcher catches it without importing torch
 
 
 INTERRUPT_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")

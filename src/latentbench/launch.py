@@ -40,9 +40,8 @@ def run_hydra_jobs(args: list[str]) -> int:
     """Hydra runs ``train`` on each job of ``args``; the exit code of the worst job."""
     from hydra._internal.utils import _run_hydra, get_args_parser
 
+    from latentbench.errors import RunInterrupted
     from latentbench.run_dir import RunDir
-    from latentbench.interrupts import RunInterrupted
-    from latentbench.train import TrainingFailed, objective, record_failure, train
 
     preflight(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -54,6 +53,9 @@ def run_hydra_jobs(args: list[str]) -> int:
     def train_task(cfg):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
+
+        # imported here, when a job runs: --help, --cfg and config errors answer without torch
+        from latentbench.train import TrainingFailed, objective, record_failure, train
 
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         if multirun:

@@ -62,7 +62,8 @@ def run_hydra_jobs(args: list[str]) -> int:
             sweep_dirs[:] = [HydraConfig.get().sweep.dir]
             group_multirun_in_wandb(cfg, sweep_dirs[0], HydraConfig.get().runtime.output_dir)
         try:
-            return objective(cfg, train(cfg))
+            metrics = train(cfg)
+            return objective(cfg, metrics) if multirun else None  # only a sweeper reads the value
         except ConfigError as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1" and not multirun:
                 raise

@@ -32,6 +32,11 @@ def to_images(batch: torch.Tensor, image_shape: tuple[int, int, int]) -> torch.T
     return batch.detach().float().cpu().reshape(-1, c, h, w).clamp(0.0, 1.0)
 
 
+def validation_due(trainer: pl.Trainer, every_n_epochs: int | None) -> bool:
+    """Whether this validation (not the sanity check) is one of every ``every_n_epochs`` epochs; never for 0 or None."""
+    return bool(every_n_epochs) and not trainer.sanity_checking and (trainer.current_epoch + 1) % every_n_epochs == 0
+
+
 def grid_image(rows: list[torch.Tensor]) -> np.ndarray:
     """Stack equal-length ``(N, C, H, W)`` rows into one ``(H', W', 3)`` uint8 picture."""
     channels = max(row.shape[1] for row in rows)
@@ -106,8 +111,7 @@ class SampleGrid(pl.Callback):
         log_image(trainer.loggers, trainer.default_root_dir, key, grid_image(rows), trainer.global_step, caption)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        every = self.every_n_epochs
-        if every and not trainer.sanity_checking and (trainer.current_epoch + 1) % every == 0:
+        if validation_due(trainer, self.every_n_epochs):
             self._log(trainer, pl_module, "val/samples")
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:

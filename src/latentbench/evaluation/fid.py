@@ -35,6 +35,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from latentbench.callbacks import validation_due
 from latentbench.errors import ConfigError, first_line
 from latentbench.models.base import eval_output
 
@@ -352,12 +353,8 @@ class FID(pl.Callback):
         self.evaluator.reset()
         self.real = []
 
-    def _val_due(self, trainer) -> bool:
-        n = self.every_n_val_epochs
-        return bool(n) and not trainer.sanity_checking and (trainer.current_epoch + 1) % n == 0
-
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        if self._val_due(trainer):
+        if validation_due(trainer, self.every_n_val_epochs):
             self._start(pl_module)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:

@@ -14,6 +14,7 @@ import logging
 
 import pytorch_lightning as pl
 
+from latentbench.callbacks import validation_due
 from latentbench.errors import ConfigError
 from latentbench.evaluation.clip_score import CLIPScore
 
@@ -46,10 +47,6 @@ class SampleCLIPScore(pl.Callback):
             if caption and caption not in self.prompts:
                 self.prompts.append(caption)
 
-    def _due(self, trainer) -> bool:
-        every = self.every_n_val_epochs
-        return bool(every) and not trainer.sanity_checking and (trainer.current_epoch + 1) % every == 0
-
     def evaluate(self, pl_module) -> float:
         """Sample one image per collected prompt and return their mean CLIP score."""
         self.score.reset()
@@ -73,7 +70,7 @@ class SampleCLIPScore(pl.Callback):
         self._collect(batch)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self._due(trainer):
+        if validation_due(trainer, self.every_n_val_epochs):
             self._finish(pl_module, "val")
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:

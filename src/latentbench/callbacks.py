@@ -302,22 +302,32 @@ class StopOnNonFiniteLoss(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
             return
-        loss, step = loss.detach(), trainer.global_step
+        # one loss per optimizer step of this batch: several with fused_steps (a group of batches)
+        losses = loss.detach().reshape(-1)
+        first_step = trainer.global_step - len(losses) + 1
+        first_batch = batch_idx * getattr(trainer.datamodule, "fused_steps", 1)
         if not (loss.device.type != "cpu" if self.defer is None else self.defer):
-            if not torch.isfinite(loss).all():
-                raise self._error(loss.double().mean().item(), step, trainer.current_epoch, batch_idx)
+            bad = ~torch.isfinite(losses)
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                raise self._error(losses[i].double().item(), first_step + i, trainer.current_epoch, first_batch + i)
             return
-        self._record(loss, step)
-        self._where[step] = (trainer.current_epoch, batch_idx)
-        if step % max(trainer.log_every_n_steps, 1) == 0:
+        self._record(losses, first_step)
+        for i in range(len(losses)):
+            self._where[first_step + i] = (trainer.current_epoch, first_batch + i)
+        every = max(trainer.log_every_n_steps, 1)
+        if trainer.global_step // every > (first_step - 1) // every:
             self.check()
 
-    def _record(self, loss: torch.Tensor, step: int) -> None:
-        """Keep ``[step, loss]`` on the device if this is the first non-finite loss; launches only, no sync."""
+    def _record(self, losses: torch.Tensor, first_step: int) -> None:
+        """Keep ``[step, loss]`` on the device if one of ``losses`` (of steps ``first_step``, ``first_step + 1``, ...)
+        is the first non-finite loss; launches only, no sync."""
         if self._first_bad is None:
-            self._first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=loss.device)
-        first = ~torch.isfinite(loss).all() & (self._first_bad[0] < 0)
-        stamp = torch.stack((loss.new_full((), step, dtype=torch.float64), loss.double().mean()))
+            self._first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=losses.device)
+        bad = ~torch.isfinite(losses)
+        i = bad.int().argmax()
+        first = bad.any() & (self._first_bad[0] < 0)
+        stamp = torch.stack(((i + first_step).double(), losses[i].double()))
         self._first_bad = torch.where(first, stamp, self._first_bad)
 
     def check(self) -> None:
@@ -477,9 +487,15 @@ class PeriodicCheckpoint(pl.Callback):
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps, self.every_minutes = every_n_steps, every_minutes
         self._last_save_time = time.monotonic()
+        self._previous_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._previous_step = trainer.global_step  # a resumed run counts from where it was saved
 
     def _due(self, trainer: pl.Trainer) -> bool:
-        if self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0:
+        previous, self._previous_step = self._previous_step, trainer.global_step
+        # a multiple of every_n_steps reached since the last batch (with fused_steps a batch is K steps)
+        if self.every_n_steps is not None and trainer.global_step // self.every_n_steps > previous // self.every_n_steps:
             return True  # the same step on every rank
         if self.every_minutes is None:
             return False

@@ -27,6 +27,7 @@ TOP_LEVEL_TYPES = {
     "channels_last": bool,
     "matmul_precision": Literal["highest", "high", "medium"],
     "resume": str | None,
+    "fused_steps": int,
 }
 
 
@@ -70,9 +71,27 @@ def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "co
     for key, kind in TOP_LEVEL_TYPES.items():
         if key in cfg and not OmegaConf.is_interpolation(cfg, key) and not _matches(cfg[key], kind):
             raise ConfigError(f"{key}: expected {_describe(kind)}, got {cfg[key]!r} ({type(cfg[key]).__name__})")
+    check_fused_steps(cfg)
     for name in nodes:
         if name in cfg and cfg[name] is not None:
             _check_node(cfg[name], name)
+
+
+def check_fused_steps(cfg: DictConfig) -> None:
+    """``fused_steps`` K runs K optimizer steps per Lightning step; the trainer's counts in steps and
+    batches must then fall on whole groups of K (so that a saved position is a whole group)."""
+    steps = cfg.get("fused_steps", 1)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError(f"fused_steps: expected a positive integer, got {steps!r}")
+    if steps == 1 or "trainer" not in cfg:
+        return
+    trainer = cfg.trainer
+    for key in ("max_steps", "limit_train_batches", "val_check_interval"):
+        value = trainer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % steps:
+            raise ConfigError(f"trainer.{key}: {value} is not a multiple of fused_steps={steps}")
+    if trainer.get("accumulate_grad_batches", 1) not in (1, None):
+        raise ConfigError(f"trainer.accumulate_grad_batches: gradient accumulation does not combine with fused_steps={steps}")
 
 
 def _check_node(node: Any, key: str) -> None:

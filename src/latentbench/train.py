@@ -22,6 +22,7 @@ from latentbench.checkpoints import DurableCheckpointIO, read_checkpoint
 from latentbench.config_check import check_config
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
+from latentbench.models.fused import fuse_training_steps
 from latentbench.interrupts import RunInterrupted, SaveOnInterrupt, signal_name
 from latentbench.quiet import silence_third_party_noise
 from latentbench.run_dir import RunDir, headline_metrics
@@ -48,6 +49,31 @@ def apply_compile(model: pl.LightningModule, cfg: DictConfig) -> pl.LightningMod
         return model
     log.info("torch.compile(mode=%s, backend=%s)", options.mode, options.backend)
     return torch.compile(model, mode=options.mode, backend=options.backend)
+
+
+def apply_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model: pl.LightningModule) -> dict[str, Any]:
+    """With ``fused_steps`` K > 1: the data module serves K batches per item and the model runs K
+    optimizer steps on them (:mod:`latentbench.models.fused`). Returns the Trainer arguments that
+    change: its batch counts are in items of K batches, and gradient clipping moves into the step."""
+    steps = int(cfg.get("fused_steps", 1))
+    if steps == 1:
+        return {}
+    if not getattr(datamodule, "supports_fused_steps", False):
+        raise ConfigError(f"fused_steps: {type(datamodule).__name__} does not serve in-memory batches; fused steps need "
+                          "an in-memory data module (data=mnist, faces, digits, shapes, images)")
+    trainer = cfg.trainer
+    try:
+        fuse_training_steps(model, steps, datamodule.batch_size, trainer.get("gradient_clip_val"),
+                            trainer.get("gradient_clip_algorithm") or "norm")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    datamodule.fused_steps = steps
+    changed: dict[str, Any] = {"gradient_clip_val": None}
+    for key in ("limit_train_batches", "val_check_interval"):  # multiples of K (config_check.check_fused_steps)
+        value = trainer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            changed[key] = value // steps
+    return changed
 
 
 def build_callbacks(cfg: DictConfig, **provided: Any) -> list[pl.Callback]:
@@ -153,6 +179,7 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     trainer = build(
         cfg.trainer,
         "trainer",
+        **apply_fused_steps(cfg, datamodule, model),
         callbacks=callbacks,
         logger=loggers or False,
         deterministic=cfg.deterministic,

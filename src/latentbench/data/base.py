@@ -127,11 +127,15 @@ class ResumableBatchSampler(Sampler[list[int]]):
     ``state_dict`` records the epoch being drawn and how many of its batches were consumed
     (``consumed()``, the trainer's count); ``load_state_dict`` makes the next ``iter`` of that
     same epoch skip them.
+
+    With ``group`` K > 1 (fused steps) each item is K consecutive batches joined (the same batches,
+    in the same order); ``consumed()`` then counts items, and the state records real batches.
     """
 
     def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 equal_shards: bool = False, consumed=None):
+                 equal_shards: bool = False, consumed=None, group: int = 1):
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.group = group
         self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
         self.consumed = consumed or (lambda: 0)
         self.epoch = 0  # epoch of the next iteration (set by the trainer)
@@ -146,8 +150,11 @@ class ResumableBatchSampler(Sampler[list[int]]):
             return self.size // self.world_size
         return len(range(self.rank, self.size, self.world_size))
 
-    def __len__(self) -> int:
+    def batches_per_epoch(self) -> int:
         return -(-self.shard_size() // self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-self.batches_per_epoch() // self.group)
 
     def indices(self, epoch: int) -> torch.Tensor:
         if self.shuffle:
@@ -162,16 +169,22 @@ class ResumableBatchSampler(Sampler[list[int]]):
         if self.resume_at is not None and self.resume_at[0] == self.current_epoch:
             skip = self.resume_at[1]
         self.resume_at = None
-        batches = self.indices(self.current_epoch).split(self.batch_size)
-        for batch in batches[skip:]:
+        batches_per_item = self.batch_size * self.group
+        for batch in self.indices(self.current_epoch)[skip * self.batch_size :].split(batches_per_item):
             yield batch.tolist()
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.current_epoch, "batches_consumed": int(self.consumed())}
+        consumed = min(int(self.consumed()) * self.group, self.batches_per_epoch())
+        return {"epoch": self.current_epoch, "batches_consumed": consumed, "group": self.group}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         epoch, consumed = int(state["epoch"]), int(state["batches_consumed"])
-        if consumed >= len(self):  # saved at the end of an epoch: go on with the next one
+        saved_group = int(state.get("group", 1))
+        if saved_group != self.group and 0 < consumed < self.batches_per_epoch():
+            # the trainer's restored count is in items of the saved size
+            raise ValueError(f"fused_steps: the checkpoint was saved mid-epoch with fused_steps={saved_group}; "
+                             f"resume with fused_steps={saved_group} (this run has {self.group})")
+        if consumed >= self.batches_per_epoch():  # saved at the end of an epoch: go on with the next one
             epoch, consumed = epoch + 1, 0
         self.epoch, self.resume_at = epoch, (epoch, consumed)
 
@@ -213,6 +226,7 @@ class ImageDataModule(pl.LightningDataModule):
     """
 
     pixel_scale: float = 255.0  # uint8 value that maps to 1.0
+    supports_fused_steps = True  # the training loader groups batches (fused_steps); a streaming one does not
 
     def __init__(
         self,
@@ -249,6 +263,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"corrupt_splits: expected a list of 'train', 'val', 'test', got {corrupt_splits!r}")
         self.corruption, self.pad_to, self.corrupt_splits = corruption, pad_to, tuple(corrupt_splits)
         self.splits: dict[str, TensorSplit] = {}
+        # K > 1: each training item is K consecutive batches (set by `latentbench train` from fused_steps)
+        self.fused_steps = 1
 
     def padded_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """``(C, H, W)`` of the source images -> ``(C, pad_to, pad_to)`` with ``pad_to``, else unchanged."""
@@ -354,6 +370,7 @@ class ImageDataModule(pl.LightningDataModule):
             seed=torch.initial_seed() % 2**62,
             rank=rank, world_size=world_size, equal_shards=shuffle,
             consumed=self._batches_consumed if shuffle else None,
+            group=self.fused_steps if shuffle else 1,
         )
         return ResumableDataLoader(
             split,

@@ -439,6 +439,8 @@ class LaionDataModule(CaptionedImageDataModule):
             in streaming mode ``val_size`` must be a count; ``on_device``, ``flatten`` and ``pad_to`` are in-memory only).
     """
 
+    supports_fused_steps = False  # batches come from a streaming loader
+
     def __init__(
         self,
         root: str | None = None,

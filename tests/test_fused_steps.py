@@ -1,0 +1,125 @@
+"""fused_steps=K: K optimizer steps per Lightning step, counted, logged, scheduled and resumed as real steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from latentbench.data.base import ResumableBatchSampler
+from latentbench.errors import ConfigError
+from latentbench.run_dir import RunDir
+from latentbench.train import build_run
+from tests.conftest import make_cfg, run_cli
+
+# Digits AE, 2 epochs of 21 batches (21 is not a multiple of 4: each epoch ends on a short group)
+RUN = ["model=ae", "trainer=cpu", "trainer.max_epochs=2", "deterministic=true", "logger=none", "trainer.log_every_n_steps=3",
+       "callbacks.embedding_plot.methods=[pca]"]
+COMPARED = ("test/recon_sse", "test/mse", "best_val/loss", "global_step", "epochs")
+SCHEDULERS = {
+    "step": "model.scheduler={_target_: torch.optim.lr_scheduler.StepLR, step_size: 7, gamma: 0.5, interval: step}",
+    "epoch": "model.scheduler={_target_: torch.optim.lr_scheduler.StepLR, step_size: 1, gamma: 0.1}",
+}
+
+
+def trained(run_dir, *extra: str) -> RunDir:
+    result = run_cli("train", *RUN, *extra, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return RunDir(run_dir)
+
+
+def train_loss_rows(run: RunDir) -> list[tuple[int, str]]:
+    header, *rows = run.history_file.read_text().splitlines()
+    names = header.split(",")
+    step, loss = names.index("step"), names.index("train/loss")
+    return [(int(row.split(",")[step]), row.split(",")[loss]) for row in rows if row.split(",")[loss]]
+
+
+class SingleStepRuns(dict):
+    """The reference runs without fused steps, one per scheduler, trained when first asked for."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, scheduler: str) -> RunDir:
+        self[scheduler] = trained(self.root / scheduler, SCHEDULERS[scheduler])
+        return self[scheduler]
+
+
+@pytest.fixture(scope="module")
+def single_steps(tmp_path_factory):
+    return SingleStepRuns(tmp_path_factory.mktemp("single"))
+
+
+@pytest.mark.parametrize("scheduler", ["step", pytest.param("epoch", marks=pytest.mark.slow)])
+def test_fused_steps_train_log_and_schedule_exactly_as_single_steps(single_steps, tmp_path, scheduler):
+    fused = trained(tmp_path / "run", SCHEDULERS[scheduler], "fused_steps=4")
+    single = single_steps[scheduler]
+    assert {k: fused.metrics()[k] for k in COMPARED} == {k: single.metrics()[k] for k in COMPARED}
+    assert fused.metrics()["global_step"] == 42
+    # the same values at the same (real) steps: every 3rd step, though a fused group is 4 steps
+    rows = train_loss_rows(fused)
+    assert rows == train_loss_rows(single)
+    assert [step for step, _ in rows][:4] == [3, 6, 9, 12]
+
+
+def test_a_fused_run_killed_between_saves_resumes_exactly(single_steps, tmp_path):
+    run_dir = tmp_path / "run"
+    killed = run_cli("train", *RUN, SCHEDULERS["step"], "fused_steps=4", "callbacks.periodic_checkpoint.every_n_steps=10",
+                     "+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=16", f"hydra.run.dir={run_dir}")
+    assert killed.returncode == -9
+    run = RunDir(run_dir)
+    assert torch.load(run.last_checkpoint, weights_only=True)["global_step"] == 12  # the first group past step 10
+    resumed = run_cli("train", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    single = single_steps["step"]
+    assert {k: run.metrics()[k] for k in COMPARED} == {k: single.metrics()[k] for k in COMPARED}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["fused_steps=0"], "fused_steps: expected a positive integer, got 0"),
+    (["fused_steps=4", "trainer.max_steps=10"], "trainer.max_steps: 10 is not a multiple of fused_steps=4"),
+    (["fused_steps=4", "trainer.limit_train_batches=6"], "trainer.limit_train_batches: 6 is not a multiple of fused_steps=4"),
+    (["fused_steps=2", "+trainer.accumulate_grad_batches=2"],
+     "trainer.accumulate_grad_batches: gradient accumulation does not combine with fused_steps=2"),
+    (["fused_steps=2", "model=pca"], "fused_steps: PCA runs its own optimisation loop; use fused_steps=1"),
+])
+def test_settings_that_do_not_fit_fused_steps_fail_in_one_line(tmp_path, overrides, message):
+    cfg = make_cfg(["trainer=cpu", "logger=none", *overrides], tmp_path)
+    try:
+        with pytest.raises(ConfigError) as error:
+            build_run(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert str(error.value) == message
+
+
+def test_the_sampler_groups_the_very_batches_of_an_unfused_epoch_and_saves_real_batches():
+    single = ResumableBatchSampler(50, 4, shuffle=True, seed=3)
+    grouped = ResumableBatchSampler(50, 4, shuffle=True, seed=3, group=3, consumed=lambda: 2)
+    batches = list(single)
+    assert len(grouped) == 5  # 13 batches in groups of 3
+    assert list(grouped) == [sum(batches[i:i + 3], []) for i in range(0, 13, 3)]
+    state = grouped.state_dict()
+    assert state == {"epoch": 0, "batches_consumed": 6, "group": 3}
+    resumed = ResumableBatchSampler(50, 4, shuffle=True, seed=3, group=3)
+    resumed.load_state_dict(state)
+    assert list(resumed) == [sum(batches[i:i + 3], []) for i in range(6, 13, 3)]
+    other = ResumableBatchSampler(50, 4, shuffle=True, seed=3, group=2)
+    with pytest.raises(ValueError, match="saved mid-epoch with fused_steps=3; resume with fused_steps=3"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("defer", ["false", "true"])
+def test_a_non_finite_loss_inside_a_fused_group_names_its_own_step(tmp_path, capsys, defer):
+    from latentbench.cli import main
+
+    code = main(["train", "model=ae", "trainer=cpu", "logger=none", "trainer.max_epochs=2", "fused_steps=4",
+                 f"callbacks.stop_on_non_finite_loss.defer={defer}", "callbacks.periodic_checkpoint.every_n_steps=5",
+                 f"hydra.run.dir={tmp_path}", "+callbacks.poison._target_=tests.helpers.PoisonLossAtStep", "+callbacks.poison.step=12"])
+    assert code == 1
+    assert "NonFiniteLossError: train/loss became nan at step 13 (epoch 0, batch 12)" in capsys.readouterr().err
+    # the periodic save of the group that went bad (steps 13-16) is not written: the last one is step 12's
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 12

@@ -186,3 +186,35 @@ def test_every_value_of_a_grid_sweep_builds_its_run(name, tmp_path, monkeypatch)
             cfg = compose_run_config(overrides, tmp_path)
             assert OmegaConf.select(cfg, key) == value
             build_run(cfg)
+
+
+@pytest.mark.slow  # 40-150 s: each worker process imports torch and Lightning
+def test_a_parallel_multirun_runs_trials_in_worker_processes_each_its_own_run(tmp_path):
+    """hydra/launcher=parallel: trials at once in worker processes, each with its own folder, seed and
+    W&B run; a trial that fails is listed and makes the exit code non-zero, the others finish."""
+    result = run_cli("train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "model=ae", "trainer=cpu",
+                     "trainer.max_epochs=1", "data.limit=200", "logger=wandb", "callbacks.embedding_plot.methods=[pca]",
+                     "model.latent_dim=8,0,16", f"hydra.sweep.dir={tmp_path}", env={"WANDB_MODE": "offline"})
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"multirun {tmp_path}: 2 of 3 jobs finished" in result.stdout
+    jobs = {d.name: d for d in tmp_path.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    assert sorted(jobs) == ["0_model.latent_dim=8", "1_model.latent_dim=0", "2_model.latent_dim=16"]
+    info = {name: json.loads((d / "run.json").read_text()) for name, d in jobs.items()}
+    assert info["1_model.latent_dim=0"]["status"] == "failed"
+    finished = [json.loads((jobs[n] / "metrics.json").read_text()) for n in ("0_model.latent_dim=8", "2_model.latent_dim=16")]
+    assert all(m["status"] == "finished" for m in finished)
+    assert finished[0]["wandb_run_id"] != finished[1]["wandb_run_id"]
+    assert info["0_model.latent_dim=8"]["pid"] != info["2_model.latent_dim=16"]["pid"]  # two worker processes
+
+
+@pytest.mark.parametrize(("n_jobs", "cores", "threads"), [(2, 2, 1), (4, 16, 4), (3, 2, 1), (-1, 8, 1), (1, 8, None)])
+def test_trials_at_once_split_the_cores(monkeypatch, n_jobs, cores, threads):
+    import torch
+
+    from latentbench.launch import share_cores_between_trials
+
+    set_to = []
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    share_cores_between_trials(OmegaConf.create({"n_jobs": n_jobs}))
+    assert set_to == ([threads] if threads else [])

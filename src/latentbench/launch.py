@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
+
+from hydra.experimental.callback import Callback
 
 from latentbench.compose import conf_dir, preflight
 from latentbench.errors import ConfigError
@@ -46,7 +49,8 @@ def run_hydra_jobs(args: list[str]) -> int:
     preflight(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
     if multirun:
-        args = [*args, *multirun_overrides(args)]
+        args = [*args, *multirun_overrides(args), f"+hydra.callbacks.latentbench_multirun._target_={__name__}.MultirunRecord"]
+        MultirunRecord.sweep_dirs.clear()
     failures: list[int] = []  # exit code of each failed job
     sweep_dirs: list[str] = []  # the multirun's folder, once a job has started
 
@@ -61,6 +65,7 @@ def run_hydra_jobs(args: list[str]) -> int:
         if multirun:
             sweep_dirs[:] = [HydraConfig.get().sweep.dir]
             group_multirun_in_wandb(cfg, sweep_dirs[0], HydraConfig.get().runtime.output_dir)
+            share_cores_between_trials(HydraConfig.get().launcher)
         try:
             metrics = train(cfg)
             return objective(cfg, metrics) if multirun else None  # only a sweeper reads the value
@@ -102,9 +107,33 @@ def run_hydra_jobs(args: list[str]) -> int:
         return exit_.code if isinstance(exit_.code, int) else 1
     except RunInterrupted as interrupted:  # a signal: the run saved its state; a multirun stops here too
         return interrupted.exit_code
-    if multirun and sweep_dirs:
-        print_multirun_summary(sweep_dirs[0])
+    if multirun and MultirunRecord.sweep_dirs:
+        rows = print_multirun_summary(MultirunRecord.sweep_dirs[0])
+        if not sweep_dirs and any(row["status"] != "finished" for row in rows):
+            failures.append(1)  # the jobs ran in worker processes (hydra/launcher=parallel): their errors are in their folders
     return max(failures, default=0)
+
+
+class MultirunRecord(Callback):
+    """A Hydra callback that notes a multirun's folder in this process, also when its jobs run in
+    worker processes (``hydra/launcher=parallel``), for the table at the end."""
+
+    sweep_dirs: list[str] = []
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        MultirunRecord.sweep_dirs[:] = [str(config.hydra.sweep.dir)]
+
+
+def share_cores_between_trials(launcher) -> None:
+    """Under a launcher that runs ``n_jobs`` trials at once on this machine, each trial's torch uses
+    its share of the cores (else every trial starts one thread per core and they fight)."""
+    n_jobs = launcher.get("n_jobs") if launcher is not None else None
+    if not isinstance(n_jobs, int) or n_jobs == 1:
+        return
+    import torch
+
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // (cores if n_jobs < 0 else n_jobs)))
 
 
 def multirun_overrides(args: list[str]) -> list[str]:
@@ -142,7 +171,7 @@ def group_multirun_in_wandb(cfg, sweep_dir: str, job_dir: str) -> None:
         wandb.name = Path(job_dir).name
 
 
-def print_multirun_summary(sweep_dir: str) -> None:
+def print_multirun_summary(sweep_dir: str) -> list[dict]:
     """One table of the multirun's jobs: folder, status, headline metrics or why it failed."""
     from pathlib import Path
 
@@ -150,10 +179,11 @@ def print_multirun_summary(sweep_dir: str) -> None:
 
     rows = multirun_jobs(Path(sweep_dir))
     if not rows:
-        return
+        return rows
     width = max(len(row["job"]) for row in rows)
     print(f"\nmultirun {sweep_dir}: {sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs finished")
     for row in rows:
         print(f"  {row['job']:<{width}}  {row['status']:<11} {row['result']}")
     print(f"table: latentbench report {sweep_dir}")
+    return rows
 

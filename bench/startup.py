@@ -30,6 +30,9 @@ COMMANDS = {
     "help": ["train", "--help"],
     "cfg_job": ["train", "--cfg", "job"],
     "config_error": ["train", "trainer.max_epoch=3"],
+    # errors the config checker finds (a value of the wrong type, a key the class does not take)
+    "type_error": ["train", "model.latent_dim=abc"],
+    "unknown_argument": ["train", "+model.foo=1"],
 }
 
 
@@ -62,7 +65,7 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as folder:
                 extra = [f"hydra.run.dir={folder}/run"] if name == "readme_train" else []
                 elapsed, completed = timed([sys.executable, "-m", "latentbench.cli", *command, *extra], env)
-            expected = 2 if name == "config_error" else 0
+            expected = 2 if name in ("config_error", "type_error", "unknown_argument") else 0
             if completed.returncode != expected:
                 raise SystemExit(f"{name}: exit {completed.returncode}, expected {expected}:\n{completed.stderr[-2000:]}")
             seconds.append(elapsed)

@@ -154,14 +154,16 @@ def cli_error(capsys, *args: str) -> str:
 
 def test_a_bad_override_raises_the_line_the_command_prints(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    # refused before Hydra runs (preflight), and inside the job (check_config)
-    for bad, name in ((["trainer.max_epoch=1"], "key"), (["seed=abc"], "value")):
+    # refused before Hydra runs (preflight: keys, and values of latentbench's own targets), and inside
+    # the job (check_config: another package's class, here Lightning's Trainer, is imported only there)
+    for bad, name in ((["trainer.max_epoch=1"], "key"), (["seed=abc"], "value"), (["+trainer.foo=1"], "job")):
         printed = cli_error(capsys, *TINY, *bad, f"hydra.run.dir={tmp_path / ('cli_' + name)}")
         with pytest.raises(ConfigError) as error:
             latentbench.train([*TINY, *bad], run_dir=tmp_path / f"api_{name}")
         assert printed == f"error: {one_line(error)}"
+    assert not (tmp_path / "api_value" / ".hydra").exists()  # refused before Hydra wrote anything
     with pytest.raises(ConfigError) as error:  # Hydra wrote the run's .hydra/, then the check refused it
-        latentbench.load(tmp_path / "api_value")
+        latentbench.load(tmp_path / "api_job")
     assert "has no checkpoint" in one_line(error)
     for bad, words in (("-m", "use the command line"), ("model=ae", "expected a list")):
         with pytest.raises(ConfigError) as error:

@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from latentbench.config_check import check_config
 from latentbench.errors import ConfigError, did_you_mean, first_line
 
 
@@ -39,11 +40,18 @@ def preflight(overrides: list[str]) -> None:
 
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            compose(config_name="train", overrides=overrides)
+            cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     except MissingConfigException as error:
         raise ConfigError(unknown_choice_message(error, overrides)) from None
     except (HydraException, ValueError) as error:
         raise ConfigError(override_error_message(error, overrides)) from None
+    # keys and types of latentbench's own targets too, read from source: still no torch import
+    with open_dict(cfg):
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)  # ${hydra:...} interpolations resolve as in the job
+    with open_dict(cfg):
+        del cfg.hydra
+    check_config(cfg, without_imports=True)
 
 
 def unknown_choice_message(error, overrides: list[str]) -> str:

@@ -9,9 +9,13 @@ the input, existing paths) live in the constructors themselves and are reported 
 
 from __future__ import annotations
 
+import ast
 import inspect
+import sys
 import types
 import typing
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from hydra.utils import get_object
@@ -62,8 +66,13 @@ def drop_moved_keys(model: DictConfig) -> DictConfig:
     return model
 
 
-def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "corruption", "trainer", "logger", "callbacks", "metrics")) -> None:
-    """Raise ConfigError for the first missing value, unknown key or wrongly typed value in ``cfg``."""
+def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "corruption", "trainer", "logger", "callbacks", "metrics"),
+                 without_imports: bool = False) -> None:
+    """Raise ConfigError for the first missing value, unknown key or wrongly typed value in ``cfg``.
+
+    ``without_imports``: import nothing (the check before a job starts, so that a mistake answers
+    before torch is loaded): latentbench's own targets are read from their source files, other
+    packages' targets are left to the full check when the job builds its run."""
     check_moved_keys(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -74,7 +83,7 @@ def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "co
     check_fused_steps(cfg)
     for name in nodes:
         if name in cfg and cfg[name] is not None:
-            _check_node(cfg[name], name)
+            _check_node(cfg[name], name, without_imports)
 
 
 def check_fused_steps(cfg: DictConfig) -> None:
@@ -94,16 +103,16 @@ def check_fused_steps(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.accumulate_grad_batches: gradient accumulation does not combine with fused_steps={steps}")
 
 
-def _check_node(node: Any, key: str) -> None:
+def _check_node(node: Any, key: str, without_imports: bool = False) -> None:
     if isinstance(node, DictConfig):
         if "_target_" in node:
-            _check_target(node, key)
+            _check_target(node, key, without_imports)
         for child, value in node.items_ex(resolve=False):
             if not str(child).startswith("_"):
-                _check_node(value, f"{key}.{child}")
+                _check_node(value, f"{key}.{child}", without_imports)
     elif isinstance(node, ListConfig):
         for index, value in enumerate(node):
-            _check_node(value, f"{key}[{index}]")
+            _check_node(value, f"{key}[{index}]", without_imports)
 
 
 # Keys the harness reads itself from a ``_target_`` node before building it, so they are not
@@ -120,38 +129,163 @@ def _check_harness_keys(node: DictConfig, key: str) -> set[str]:
     return set(own)
 
 
-def _check_target(node: DictConfig, key: str) -> None:
-    target = node["_target_"]
-    own_keys = _check_harness_keys(node, key)
+@dataclass
+class Parameters:
+    """What the checker needs of a signature: parameter names, ``**kwargs`` or not, type hints."""
+
+    names: list[str]
+    accepts_kwargs: bool
+    hints: dict[str, Any] = field(default_factory=dict)
+
+
+def _imported_parameters(target: str, key: str) -> Parameters | None:
     try:
         obj = get_object(target)
     except Exception as error:  # ImportError, AttributeError: any failure means the name is wrong
         raise ConfigError(f"{key}._target_: cannot import '{target}' ({type(error).__name__})") from None
     try:
-        signature = inspect.signature(obj)
+        params = inspect.signature(obj).parameters
     except (TypeError, ValueError):
-        return
-    params = signature.parameters
-    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        return None
     try:
         hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
     except Exception:
         hints = {}
+    return Parameters(list(params), any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()), hints)
+
+
+def _check_target(node: DictConfig, key: str, without_imports: bool = False) -> None:
+    target = node["_target_"]
+    own_keys = _check_harness_keys(node, key)
+    signature = None
+    if target.startswith("latentbench."):
+        # from source: no import, and the keys a class passes on to its base (**kwargs) are checked too
+        signature = source_parameters(target)
+        if signature is False:
+            raise ConfigError(f"{key}._target_: cannot import '{target}' (no such class or function in latentbench)")
+    elif without_imports and target.rpartition(".")[0] not in sys.modules:
+        return  # another package's class: checked when the job builds its run
+    if signature is None and not without_imports:
+        signature = _imported_parameters(target, key)
+    if not signature:
+        return
     for name in node.keys():
         name = str(name)
         if name.startswith("_") or name in own_keys:
             continue
-        if name not in params:
-            if accepts_kwargs:
+        if name not in signature.names:
+            if signature.accepts_kwargs:
                 continue
-            allowed = [p for p in params if p not in ("self", "args", "kwargs")]
+            allowed = [p for p in signature.names if p not in ("self", "args", "kwargs")]
             raise ConfigError(f"{key}.{name}: unknown key for {target}{did_you_mean(name, allowed)} (allowed: {', '.join(allowed)})")
-        if name in hints and not OmegaConf.is_interpolation(node, name):
+        hint = signature.hints.get(name)
+        if hint is not None and not OmegaConf.is_interpolation(node, name):
             value = node[name]
-            if not _matches(value, hints[name]):
-                raise ConfigError(
-                    f"{key}.{name}: expected {_describe(hints[name])}, got {value!r} ({type(value).__name__})"
-                )
+            if not _matches(value, hint):
+                raise ConfigError(f"{key}.{name}: expected {_describe(hint)}, got {value!r} ({type(value).__name__})")
+
+
+# -- latentbench's signatures read from source, without importing (torch) --------------------------
+PACKAGE_DIR = Path(__file__).resolve().parent
+HINT_NAMESPACE = {name: getattr(typing, name) for name in ("Any", "Literal", "Optional", "Union", "Sequence", "Callable", "Mapping")}
+
+
+def _module_tree(module: str) -> ast.Module | None:
+    parts = module.split(".")[1:]
+    for path in (PACKAGE_DIR.joinpath(*parts).with_suffix(".py"), PACKAGE_DIR.joinpath(*parts, "__init__.py")):
+        if parts and path.is_file():
+            return ast.parse(path.read_text())
+    return None
+
+
+def _imported_from(tree: ast.Module, module: str, name: str) -> str | None:
+    """The full name ``name`` stands for in ``module`` when it comes from a ``from ... import``."""
+    for statement in tree.body:
+        if isinstance(statement, ast.ImportFrom):
+            for alias in statement.names:
+                if (alias.asname or alias.name) == name:
+                    base = statement.module or ""
+                    if statement.level:  # a relative import
+                        base = ".".join(module.split(".")[: -statement.level] + ([base] if base else []))
+                    return f"{base}.{alias.name}"
+    return None
+
+
+def _aliases(tree: ast.Module, module: str, depth: int = 0) -> dict[str, Any]:
+    """The type aliases a module defines or imports from latentbench (``Loss = Literal["mse", "bce"]``)."""
+    names = dict(HINT_NAMESPACE)
+    for statement in tree.body:
+        if isinstance(statement, ast.ImportFrom) and depth < 2:
+            for alias in statement.names:
+                full = _imported_from(tree, module, alias.asname or alias.name)
+                source = _module_tree(full.rpartition(".")[0]) if full and full.startswith("latentbench.") else None
+                if source is not None:
+                    value = _aliases(source, full.rpartition(".")[0], depth + 1).get(alias.name)
+                    if value is not None:
+                        names[alias.asname or alias.name] = value
+        elif isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name):
+            try:
+                names[statement.targets[0].id] = eval(ast.unparse(statement.value), {"__builtins__": {}}, names)  # noqa: S307
+            except Exception:  # not an alias of typing names
+                pass
+    return names
+
+
+def _hint(annotation: ast.expr | None, aliases: dict[str, Any]) -> Any:
+    if annotation is None:
+        return None
+    text = ast.unparse(annotation) if not isinstance(annotation, ast.Constant) else str(annotation.value)
+    try:
+        return eval(text, {"__builtins__": __builtins__}, aliases)  # noqa: S307 (our own source)
+    except Exception:  # names of other modules (torch.Tensor, Corruption): not checked
+        return None
+
+
+def _function_parameters(function: ast.FunctionDef, skip_self: bool, aliases: dict[str, Any]) -> Parameters:
+    arguments = function.args
+    positional = [*arguments.posonlyargs, *arguments.args][1 if skip_self else 0:]
+    every = [*positional, *arguments.kwonlyargs]
+    hints = {a.arg: hint for a in every if (hint := _hint(a.annotation, aliases)) is not None}
+    return Parameters([a.arg for a in every], arguments.kwarg is not None, hints)
+
+
+def _base_class(tree: ast.Module, module: str, definition: ast.ClassDef) -> str | None:
+    """Full name of the class's first base when it is a latentbench class, else None."""
+    base = definition.bases[0] if definition.bases else None
+    if not isinstance(base, ast.Name):
+        return None
+    local = any(isinstance(s, ast.ClassDef) and s.name == base.id for s in tree.body)
+    full = f"{module}.{base.id}" if local else _imported_from(tree, module, base.id)
+    return full if full and full.startswith("latentbench.") else None
+
+
+def source_parameters(target: str, depth: int = 0) -> Parameters | None | bool:
+    """The parameters of latentbench class or function ``target`` (``module.Name``) read from its
+    source file; None when they cannot be told (an ``__init__`` inherited from another package),
+    False when there is no such class or function."""
+    module, _, name = target.rpartition(".")
+    tree = _module_tree(module) if module.startswith("latentbench") else None
+    if tree is None or depth > 8:
+        return None if depth else False
+    definition = next((s for s in tree.body if isinstance(s, (ast.ClassDef, ast.FunctionDef)) and s.name == name), None)
+    if definition is None:
+        imported = _imported_from(tree, module, name)
+        return source_parameters(imported, depth + 1) if imported else (None if depth else False)
+    aliases = _aliases(tree, module)
+    if isinstance(definition, ast.FunctionDef):
+        return _function_parameters(definition, skip_self=False, aliases=aliases)
+    init = next((s for s in definition.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None)
+    base = _base_class(tree, module, definition)
+    if init is None:  # inherited: the base's (single inheritance), unknown when it is another package's
+        return source_parameters(base, depth + 1) if base else (None if definition.bases else Parameters([], False))
+    own = _function_parameters(init, skip_self=True, aliases=aliases)
+    if not own.accepts_kwargs or base is None:
+        return own
+    inherited = source_parameters(base, depth + 1)  # **kwargs go on to the base class
+    if not inherited:
+        return own
+    return Parameters([*own.names, *(n for n in inherited.names if n not in own.names)], inherited.accepts_kwargs,
+                      {**inherited.hints, **own.hints})
 
 
 def _matches(value: Any, hint: Any) -> bool:

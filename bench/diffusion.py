@@ -111,8 +111,8 @@ def ldm_overrides(args, runs: dict[str, str], device: str) -> list[str]:
     overrides += args.override
     if args.unet_channels:
         overrides.append(f"model.unet.block_out_channels=[{args.unet_channels}]")
-    if args.precision != "32":  # 32 is the default; Hydra would read the bare 32 as an int
-        overrides.append(f"precision={args.precision}")
+    if args.precision != "auto":  # auto: model=ldm's own choice (bf16-mixed on a GPU); quoted: a bare 32 is an int to Hydra
+        overrides.append(f"precision='{args.precision}'")
     if args.conditioning == "text":
         # fixed grid prompts: otherwise fit start reads validation captions to choose them
         overrides += [f"model.text_encoder.checkpoint={runs['clip']}", "model.sampling.prompts=['a red circle']"]
@@ -274,7 +274,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed", "auto"],
+                        help="both sides in this precision; auto: latentbench with model=ldm's defaults (on a GPU bf16-mixed, "
+                             "channels-last U-Net, fused AdamW) against the plain loop as diffusers' examples write it (fp32)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--image-size", type=int, default=16, help="shapes images; latents are 4 x size/2 x size/2")
     parser.add_argument("--num-train", type=int, default=512, help="training images (an epoch ends every num_train / batch_size steps)")
@@ -300,7 +302,8 @@ def main() -> None:
     ours_steady = [(args.steps - 1) * args.batch_size / t.steady for t in our_timings]
     theirs_steady = [(args.steps - 1) * args.batch_size / t.steady for t in their_timings]
     ratios = [a / b for a, b in zip(ours, theirs)]
-    peak = peak_flops(args.device, args.precision)
+    # MFU against the peak of the dtype latentbench's matmuls run in (auto: bf16 on a GPU)
+    peak = peak_flops(args.device, "bf16-mixed" if args.precision == "auto" else args.precision)
     mfu = None
     if peak:
         mfu = {"latentbench": flops / args.batch_size * statistics_median(ours) / peak,

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# The GPU half of the benchmarks, in one go (about 15 minutes on an H200, up to 9 of them time to quality):
+# The GPU half of the benchmarks (issue 20), as sections that each stay under their own timeout:
 #
-#     bash bench/gpu.sh                 # uses `uv run python`; or PYTHON="python3" bash bench/gpu.sh
-#     bash bench/gpu.sh time_to_quality checkpoint_ab     # only these sections
-#     bash bench/gpu.sh overhead diffusion eval test; bash bench/gpu.sh time_to_quality   # under 10 minutes each
+#     bash bench/gpu.sh                 # the default set: fused ldm_defaults sd_mfu overhead (under 10 minutes)
+#     bash bench/gpu.sh time_to_quality parallel         # the second call (under 10 minutes)
+#     PYTHON="python3" bash bench/gpu.sh ...             # default: `uv run python`
 #
-# Sections: overhead, time_to_quality, diffusion, eval, test (the default set) and checkpoint_ab (the
-# measurement behind callbacks.periodic_checkpoint's default: by time, not every 100 steps).
+# Sections:
+#   fused            goal 2: ae_hinton with fused_steps=8 and 32 (data on the GPU) vs the plain eager loop
+#   ldm_defaults     goal 6: model=ldm's own GPU defaults (bf16-mixed, channels-last, fused AdamW) vs a plain
+#                    fp32 diffusers loop, whole fit (64 px, 4x32x32 latents)
+#   sd_mfu           goal 6: MFU of a Stable-Diffusion-sized U-Net (320-640-1280, 2 layers a block, attention
+#                    at every level) on 4x32x32 latents, bf16-mixed, text conditioning
+#   overhead         goal 1: both AEs, one Lightning step per optimizer step, data on the CPU and on the GPU
+#   time_to_quality  goal 3: the hinton2006_ae30 recipe to test error 3.00, fused_steps=8, cut at 8.5 minutes
+#   parallel         goal 5: a 12-trial MNIST AE grid, 1 vs 4 trials at once sharing the GPU
+#   diffusion, eval, test, checkpoint_ab: the earlier figures (same precision on both sides; FID + CLIP score
+#                    share of an LDM run; the suite's GPU tests; last.ckpt by time vs every 100 steps)
 #
 # Each benchmark writes its JSON under bench/results/ and prints its one-line summary; a failing or
 # slow one is cut by its own timeout and the rest still run. With $COLLECT set, the results and the
@@ -29,17 +38,36 @@ step() {  # step SECONDS ARGS...: one benchmark under a timeout, logged
     timeout "$limit" $PYTHON "$@" >"$LOG.step" 2>&1
     local rc=$?
     cat "$LOG.step" >>"$LOG.detail"
-    grep -E '^(overhead|diffusion|time to quality|eval)|[0-9]+ (passed|failed)' "$LOG.step" | tail -1 | tee -a "$LOG"
+    grep -E '^(overhead|diffusion|time to quality|eval|parallel_trials)|[0-9]+ (passed|failed)' "$LOG.step" | tail -1 | tee -a "$LOG"
     [ $rc -eq 0 ] || { echo "   exit $rc; last lines:" | tee -a "$LOG"; tail -5 "$LOG.step" | tee -a "$LOG"; }
     collect
 }
 
-SECTIONS=${*:-overhead time_to_quality diffusion eval test}
+SECTIONS=${*:-fused ldm_defaults sd_mfu overhead}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 touch "$LOG.start"; : >"$LOG"; : >"$LOG.detail"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee -a "$LOG"
 
+# fused steps (goal 2): K optimizer steps per Lightning step, data held on the GPU
+if want fused; then
+    for k in 8 32; do
+        step 90 -m bench.overhead --model ae_hinton --device cuda --steps 512 --reps 3 --on-device \
+            --override fused_steps=$k --name overhead-ae_hinton-cuda-ondevice-fused$k
+    done
+fi
+LDM64=(--device cuda --batch-size 256 --image-size 64 --num-train 16384 --unet-channels 128,256 --steps 100)
+# model=ldm's GPU defaults against a plain fp32 diffusers loop, over a whole fit (goal 6: >= 1.1x)
+if want ldm_defaults; then
+    step 150 -m bench.diffusion --conditioning class "${LDM64[@]}" --precision auto --reps 3 --name diffusion-class-cuda-ldm-defaults
+fi
+# MFU of a Stable-Diffusion-sized U-Net on 4x32x32 latents (goal 6: >= 35 % of the bf16 peak)
+if want sd_mfu; then
+    step 200 -m bench.diffusion --conditioning text --device cuda --precision bf16-mixed --batch-size 64 --image-size 64 \
+        --num-train 4096 --unet-channels 320,640,1280 --override model.unet.layers_per_block=2 \
+        --override "model.unet.attention=[true,true,true]" --override model.unet.attention_head_dim=64 \
+        --override model.unet.norm_num_groups=32 --steps 40 --reps 2 --name diffusion-text-cuda-sd-size
+fi
 # harness overhead: Hinton MLP and conv AE, data served from the CPU and held on the GPU
 if want overhead; then
     for model in ae_hinton ae_conv; do
@@ -51,13 +79,17 @@ fi
 if want time_to_quality; then
     # the default recipe (test 2.904 on a CPU core in 37 min), test error timed every 5 epochs; batch 128
     # is launch-bound on a GPU: guessed 3-5 s an epoch on an H200, hence its own call (see the header)
-    step 560 -m bench.time_to_quality --device cuda --on-device --precision bf16-mixed --test-every 5 --max-minutes 8.5
+    step 560 -m bench.time_to_quality --device cuda --on-device --precision bf16-mixed --test-every 5 --max-minutes 8.5 \
+        --override fused_steps=8
 fi
-# LDM training throughput and MFU at a GPU-sized shape: 64 px images -> 4x32x32 latents
-LDM64=(--device cuda --precision bf16-mixed --batch-size 256 --image-size 64 --num-train 16384 --unet-channels 128,256 --steps 100)
+# trials per hour of a 12-trial grid, 1 vs 4 at once on the one GPU (goal 5)
+if want parallel; then
+    step 420 -m bench.parallel_trials --device cuda --jobs 4 --limit 20000 --epochs 2
+fi
+# LDM training throughput and MFU, the same precision on both sides: 64 px images -> 4x32x32 latents
 if want diffusion; then
-    step 150 -m bench.diffusion --conditioning text "${LDM64[@]}" --reps 3
-    step 120 -m bench.diffusion --conditioning class "${LDM64[@]}" --reps 3
+    step 150 -m bench.diffusion --conditioning text "${LDM64[@]}" --precision bf16-mixed --reps 3
+    step 120 -m bench.diffusion --conditioning class "${LDM64[@]}" --precision bf16-mixed --reps 3
 fi
 # FID + CLIP score as a share of an LDM run on the GPU (setup on the CPU)
 if want eval; then
@@ -73,8 +105,8 @@ if want checkpoint_ab; then
     step 60 -m bench.overhead --model ae_hinton --device cuda --steps 500 --reps 3 --on-device --profile
     step 60 -m bench.overhead --model ae_hinton --device cuda --steps 500 --reps 3 --on-device \
         --override $EVERY100 --name overhead-ae_hinton-cuda-ondevice-ckpt100
-    step 90 -m bench.diffusion --conditioning class "${LDM64[@]}" --reps 2
-    step 90 -m bench.diffusion --conditioning class "${LDM64[@]}" --reps 2 \
+    step 90 -m bench.diffusion --conditioning class "${LDM64[@]}" --precision bf16-mixed --reps 2
+    step 90 -m bench.diffusion --conditioning class "${LDM64[@]}" --precision bf16-mixed --reps 2 \
         --override $EVERY100 --name diffusion-class-cuda-bf16-mixed-64px-ckpt100
 fi
 echo "== [$(( $(date +%s) - STARTED )) s] done" | tee -a "$LOG"

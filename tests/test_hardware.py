@@ -149,3 +149,48 @@ def test_to_device_without_sync_on_the_cpu_is_a_plain_copy():
     values = torch.arange(6).reshape(2, 3)
     moved = to_device_without_sync(values, "cpu")
     assert moved.device.type == "cpu" and torch.equal(moved, values)
+
+
+def test_model_ldm_picks_precision_auto_which_a_user_choice_overrides(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latentbench.train import resolve_precision
+    from tests.conftest import make_cfg
+
+    try:
+        assert make_cfg(["model=ldm"], tmp_path).trainer.precision == "auto"
+        assert make_cfg(["model=ldm", "precision='32'"], tmp_path).trainer.precision == "32-true"
+        assert make_cfg(["model=ae"], tmp_path).trainer.precision == "32-true"
+        cfg = make_cfg(["model=ldm", "trainer=cpu"], tmp_path)
+    finally:
+        GlobalHydra.instance().clear()
+    resolve_precision(cfg)
+    assert cfg.trainer.precision == "32-true"  # bf16-mixed only on a CUDA GPU with bf16
+
+
+def test_channels_last_auto_is_for_conv_models_on_cuda_in_half_precision():
+    from latentbench.callbacks import ChannelsLast, channels_last_pays
+
+    conv, dense = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)), torch.nn.Sequential(torch.nn.Linear(3, 8))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert channels_last_pays(cuda, "bf16-mixed", conv) and channels_last_pays(cuda, "16-mixed", conv)
+    assert not channels_last_pays(cuda, "32-true", conv)
+    assert not channels_last_pays(cuda, "bf16-mixed", dense)
+    assert not channels_last_pays(cpu, "bf16-mixed", conv)
+    with pytest.raises(ValueError, match="enabled: expected true, false or 'auto', got 'yes'"):
+        ChannelsLast("yes")
+
+
+def test_adam_runs_fused_on_cuda_only_unless_its_config_says_so(monkeypatch):
+    from latentbench.models import base
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    adam = {"_target_": "torch.optim.Adam", "lr": 1e-3}
+    assert base.optimizer_and_scheduler(adam, None, params).defaults["fused"] is None  # on the CPU: torch's default
+    built = []
+    monkeypatch.setattr(base, "on_cuda", lambda params: True)
+    monkeypatch.setattr(base, "instantiate", lambda cfg: built.append(cfg) or (lambda params: None))
+    base.optimizer_and_scheduler(adam, None, params)
+    base.optimizer_and_scheduler({**adam, "fused": False}, None, params)
+    base.optimizer_and_scheduler({"_target_": "torch.optim.SGD", "lr": 0.1}, None, params)
+    assert [cfg.get("fused") for cfg in built] == [True, False, None]

@@ -389,11 +389,19 @@ class ChannelsLast(pl.Callback):
     """Conv models in channels-last memory format (faster convolutions with tensor cores).
 
     Args:
-        enabled (`bool`): off by default (``channels_last=true`` at the top level turns it on).
+        enabled (`bool | str`): true, false, or ``auto`` (the top-level ``channels_last``'s default):
+            on for a model with 2-D convolutions trained on a CUDA device in 16/bf16 precision, where
+            tensor cores want channels-last; off otherwise (on the CPU it buys nothing).
     """
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool | str = True):
+        if enabled not in (True, False, "auto"):
+            raise ValueError(f"enabled: expected true, false or 'auto', got {enabled!r}")
         self.enabled = enabled
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.enabled == "auto":
+            self.enabled = channels_last_pays(trainer.strategy.root_device, str(trainer.precision), pl_module)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.enabled:
@@ -405,6 +413,12 @@ class ChannelsLast(pl.Callback):
         for key, value in batch.items():
             if isinstance(value, torch.Tensor) and value.dim() == 4:
                 batch[key] = value.contiguous(memory_format=torch.channels_last)
+
+
+def channels_last_pays(device: torch.device, precision: str, module: torch.nn.Module) -> bool:
+    """Whether channels-last is worth it: 2-D convolutions, on CUDA, in a tensor-core precision."""
+    half = precision.startswith(("16", "bf16"))
+    return device.type == "cuda" and half and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
 
 
 class EpochLines(pl.Callback):

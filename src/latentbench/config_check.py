@@ -28,7 +28,7 @@ TOP_LEVEL_TYPES = {
     "deterministic": bool,
     "run_name": str,
     "optimized_metric": str | None,
-    "channels_last": bool,
+    "channels_last": bool | Literal["auto"],
     "matmul_precision": Literal["highest", "high", "medium"],
     "resume": str | None,
     "fused_steps": int,

@@ -160,8 +160,20 @@ def check_corruption_fits_model(cfg: DictConfig, corruption: Any, datamodule: pl
                           f"(it reconstructs inputs of the data's shape; for grayscale use model=colorizer)")
 
 
+def resolve_precision(cfg: DictConfig) -> None:
+    """``trainer.precision: auto`` (``precision=auto``, model=ldm's default) becomes bf16-mixed on a
+    CUDA GPU with bf16, else 32-true."""
+    if cfg.trainer.get("precision") != "auto":
+        return
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    gpu = accelerator != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    with open_dict(cfg):
+        cfg.trainer.precision = "bf16-mixed" if gpu else "32-true"
+
+
 def build_run(cfg: DictConfig) -> dict[str, Any]:
     """Validate ``cfg`` and build data module, model, callbacks, loggers and trainer; loads no data."""
+    resolve_precision(cfg)
     check_config(cfg)
     check_hardware(cfg)
     silence_third_party_noise()
@@ -380,6 +392,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     step, ``run.json`` says ``interrupted``).
     """
     started = time.monotonic()
+    resolve_precision(cfg)
     check_config(cfg)  # before seeding, so that a bad seed is reported as such
     run = RunDir(cfg.paths.output_dir)
     done = finished_as_configured(cfg, run)

@@ -25,10 +25,24 @@ from latentbench.metrics import reconstruction_metrics
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 
 
+FUSABLE = ("torch.optim.Adam", "torch.optim.AdamW")
+
+
+def on_cuda(params: list[Any]) -> bool:
+    """Whether every parameter (of parameters or parameter groups) lives on a CUDA device."""
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    return bool(tensors) and all(t.is_cuda for t in tensors)
+
+
 def optimizer_and_scheduler(optimizer_cfg: dict, scheduler_cfg: dict | None, params: Any) -> Any:
     """What ``configure_optimizers`` returns: the optimizer built from its ``_target_`` config with
     ``params`` (parameters or parameter groups), plus an LR scheduler when one is configured
-    (stepped every epoch unless its config says ``interval: step``)."""
+    (stepped every epoch unless its config says ``interval: step``). Adam and AdamW on CUDA run
+    fused unless their config sets ``fused``."""
+    params = list(params)
+    optimizer_cfg = {**optimizer_cfg}
+    if optimizer_cfg.get("_target_") in FUSABLE and "fused" not in optimizer_cfg and on_cuda(params):
+        optimizer_cfg["fused"] = True  # one kernel for the whole update instead of a few per tensor
     optimizer = instantiate({**optimizer_cfg, "_partial_": True})(params)
     if not scheduler_cfg:
         return optimizer

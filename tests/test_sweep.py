@@ -82,6 +82,10 @@ def test_bayes_and_random_map_to_optuna_samplers_and_goal(tmp_path):
     assert "trainer.max_epochs=10" not in random  # an extra override pins that parameter
     grid = local_args(load_sweep(REPO / "sweeps" / "ae_grid.yaml"), None, tmp_path, [])
     assert "model.latent_dim=4,8,16" in grid and "seed=1,2,3" in grid and "hydra/sweeper=optuna" not in grid
+    assert "hydra/launcher=parallel" not in grid and "hydra.sweeper.n_jobs=1" in bayes
+    # --jobs N: N trials at once through the parallel launcher, Optuna proposing N at a time
+    parallel = local_args(load_sweep(REPO / "sweeps" / "ae_random.yaml"), 8, tmp_path, [], jobs=2)
+    assert "hydra/launcher=parallel" in parallel and "hydra.launcher.n_jobs=2" in parallel and "hydra.sweeper.n_jobs=2" in parallel
 
 
 def agent_argv(sweep_file: Path, values: dict) -> list[str]:

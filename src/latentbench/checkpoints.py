@@ -117,7 +117,10 @@ class RunCheckpoint(ModelCheckpoint):
 
     @property
     def state_key(self) -> str:
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+        # Lightning names every hook call by it (its profiler's action names): built once, not per hook
+        if "_state_key" not in self.__dict__:
+            self.__dict__["_state_key"] = super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+        return self.__dict__["_state_key"]
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

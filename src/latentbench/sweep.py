@@ -122,9 +122,12 @@ def optuna_overrides(parameters: dict[str, Any]) -> list[str]:
     return overrides
 
 
-def local_args(sweep: dict[str, Any], count: int | None, sweep_dir: Path, extra: list[str]) -> list[str]:
-    """The ``latentbench train -m ...`` arguments that run ``sweep`` locally into ``sweep_dir``."""
+def local_args(sweep: dict[str, Any], count: int | None, sweep_dir: Path, extra: list[str], jobs: int = 1) -> list[str]:
+    """The ``latentbench train -m ...`` arguments that run ``sweep`` locally into ``sweep_dir``,
+    ``jobs`` trials at once (``hydra/launcher=parallel``) when more than one."""
     name = sweep["name"]
+    if jobs > 1:
+        extra = ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={jobs}", *extra]
     pinned = {o.partition("=")[0].lstrip("+~") for o in extra}
     parameters = {k: v for k, v in sweep["parameters"].items() if k not in pinned}  # an extra override pins a parameter
     common = [
@@ -143,7 +146,7 @@ def local_args(sweep: dict[str, Any], count: int | None, sweep_dir: Path, extra:
         f"hydra/sweeper/sampler={'random' if sweep['method'] == 'random' else 'tpe'}",
         f"hydra.sweeper.direction={metric.get('goal', 'minimize')}",
         f"hydra.sweeper.n_trials={count or sweep.get('run_cap') or 10}",
-        "hydra.sweeper.n_jobs=1",
+        f"hydra.sweeper.n_jobs={jobs}",  # trials Optuna proposes at once: one per parallel slot
         "hydra.sweeper.max_failure_rate=1.0",
         f"hydra.sweeper.study_name={hydra_value(name)}",
         f"optimized_metric={hydra_value(metric['name'])}",
@@ -200,13 +203,13 @@ def print_summary(sweep: dict[str, Any], sweep_dir: Path) -> list[dict[str, Any]
     return rows
 
 
-def run_local(sweep: dict[str, Any], count: int | None, out: Path | None, extra: list[str]) -> int:
+def run_local(sweep: dict[str, Any], count: int | None, out: Path | None, extra: list[str], jobs: int = 1) -> int:
     from latentbench.launch import run_train
 
     sweep_dir = out or Path("outputs") / "sweeps" / sweep["name"] / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if sweep["method"] == "grid" and count:
         print("note: --count is ignored for a local grid sweep (every combination runs)", file=sys.stderr)
-    args = local_args(sweep, count, sweep_dir, extra)
+    args = local_args(sweep, count, sweep_dir, extra, jobs)
     print("latentbench train " + " ".join(args), file=sys.stderr)
     try:
         run_train(args)
@@ -227,6 +230,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="number of trials (random/bayes; W&B: trials this agent runs)")
     p.add_argument("--local", action="store_true", help="run locally through Hydra multirun even when W&B is online")
     p.add_argument("--out", type=Path, help="local sweep directory (default: outputs/sweeps/<name>/<time>)")
+    p.add_argument("--jobs", type=int, default=1, help="local trials at once on this machine (worker processes sharing "
+                                                        "the cores or the GPU; default 1)")
     p.add_argument("--project", help="W&B project (default: latentbench)")
     p.add_argument("--entity", help="W&B entity")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every trial (local mode), e.g. trainer.max_epochs=1")
@@ -238,11 +243,15 @@ def main(argv: list[str]) -> int:
     sweep = load_sweep(args.file)
     if args.count is not None and args.count <= 0:
         raise ConfigError(f"sweep --count: must be positive, got {args.count}")
+    if args.jobs <= 0:
+        raise ConfigError(f"sweep --jobs: must be positive, got {args.jobs}")
     if not args.local and wandb_online():
+        if args.jobs > 1:
+            raise ConfigError("sweep --jobs: runs local trials at once (with --local); for a W&B sweep start one agent per slot")
         if args.overrides:
             raise ConfigError("sweep: extra overrides only apply locally; put them in the sweep file's command for W&B")
         return run_wandb(sweep, args.count, args.project, args.entity)
-    return run_local(sweep, args.count, args.out, args.overrides)
+    return run_local(sweep, args.count, args.out, args.overrides, args.jobs)
 
 
 if __name__ == "__main__":

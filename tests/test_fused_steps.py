@@ -123,3 +123,17 @@ def test_a_non_finite_loss_inside_a_fused_group_names_its_own_step(tmp_path, cap
     # the periodic save of the group that went bad (steps 13-16) is not written: the last one is step 12's
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 12
+
+
+def test_a_models_own_per_step_hook_runs_after_every_real_step(tmp_path, monkeypatch):
+    """The LDM's EMA update and CLIP's logit-scale clamp live in the model's on_train_batch_end: with
+    fused steps they still run once per optimizer step, each after its own step."""
+    from latentbench.cli import main
+    from latentbench.models.ae import AutoEncoder
+
+    steps_seen = []
+    monkeypatch.setattr(AutoEncoder, "on_train_batch_end",
+                        lambda self, outputs, batch, batch_idx: steps_seen.append(self.trainer.global_step), raising=False)
+    assert main(["train", "model=ae", "trainer=cpu", "logger=none", "trainer.max_steps=12", "fused_steps=4", "callbacks=none",
+                 f"hydra.run.dir={tmp_path}"]) == 0
+    assert steps_seen == list(range(1, 13))

@@ -51,13 +51,19 @@ class FusedTrainingStep:
 
     ``step_fn(batch, batch_idx) -> loss`` is the model's own (automatic-optimisation) training step;
     zero_grad, backward, gradient clipping, the optimizer and step-interval LR schedulers run here,
-    in the order Lightning's automatic loop runs them.
+    in the order Lightning's automatic loop runs them, and the model's own ``on_train_batch_end``
+    (an EMA update, a clamp) after every step. Callbacks see one batch per group: their
+    ``on_train_batch_start/end`` once per K steps, and (in one process without a gradient scaler)
+    no ``on_before_backward``, ``on_after_backward`` or ``on_before_optimizer_step``.
     """
 
     def __init__(self, module: pl.LightningModule, step_fn: Callable[[Any, int], torch.Tensor], steps: int, batch_size: int,
                  gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm"):
         self.module, self.step_fn, self.steps, self.batch_size = module, step_fn, steps, batch_size
         self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm
+        overridden = type(module).on_train_batch_end is not pl.LightningModule.on_train_batch_end
+        self.after_each_step = module.on_train_batch_end if overridden else None
+        self._direct_ok: bool | None = None
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Returns the ``(k,)`` detached losses of the k steps taken (for the non-finite-loss guard)."""
@@ -76,19 +82,44 @@ class FusedTrainingStep:
             loss = self.step_fn(chunk, batch_idx * self.steps + index)
             losses.append(loss.detach())
             optimizer.zero_grad(set_to_none=True)
-            module.manual_backward(loss)
-            if self.gradient_clip_val:
-                module.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
-                                      gradient_clip_algorithm=self.gradient_clip_algorithm)
-            optimizer.step()
+            if self._direct(trainer):
+                self._direct_step(loss, optimizer, trainer)
+            else:
+                module.manual_backward(loss)
+                self._clip(optimizer)
+                optimizer.step()
             self._step_schedulers("step")
-            if index < len(chunks) - 1 and trainer._logger_connector.should_update_logs:
-                # a step whose logs Lightning would write, inside the group: write them now (the
-                # group's last step is written by Lightning itself after this call)
-                trainer._logger_connector.update_train_step_metrics()
+            if index < len(chunks) - 1:
+                if self.after_each_step is not None:  # a model's per-step hook (EMA update, clamping)
+                    self.after_each_step(None, chunk, batch_idx * self.steps + index)
+                if trainer._logger_connector.should_update_logs:
+                    # a step whose logs Lightning would write, inside the group: write them now (the
+                    # group's last step is written by Lightning itself after this call)
+                    trainer._logger_connector.update_train_step_metrics()
         if epoch_loop.batch_progress.is_last_batch or epoch_loop._num_ready_batches_reached():
             self._step_schedulers("epoch")
         return torch.stack(losses)
+
+    def _direct(self, trainer: pl.Trainer) -> bool:
+        """One process, no gradient scaler: backward and the optimizer run without Lightning's wrappers
+        (whose per-step callback hooks cost what fusing saves). Else (DDP, FSDP, fp16) through them."""
+        if self._direct_ok is None:
+            single = isinstance(trainer.strategy, pl.strategies.SingleDeviceStrategy)
+            self._direct_ok = single and getattr(trainer.precision_plugin, "scaler", None) is None
+        return self._direct_ok
+
+    def _direct_step(self, loss: torch.Tensor, optimizer, trainer: pl.Trainer) -> None:
+        loss.backward()
+        self._clip(optimizer)
+        optimizer.optimizer.step()
+        progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()  # what LightningOptimizer.step counts: trainer.global_step
+        progress.increment_completed()
+
+    def _clip(self, optimizer) -> None:
+        if self.gradient_clip_val:
+            self.module.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
+                                       gradient_clip_algorithm=self.gradient_clip_algorithm)
 
     def _step_schedulers(self, interval: str) -> None:
         trainer = self.module.trainer

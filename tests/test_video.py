@@ -176,3 +176,149 @@ def test_video_clips_from_frame_folders_gifs_mp4_and_shards(tmp_path):
         VideoClipsDataModule(root=str(root), num_frames=4, frame_stride=2, image_size=12).setup()
     with pytest.raises(ConfigError, match=r"^data\.root: .*nothing does not exist"):
         VideoClipsDataModule(root=str(tmp_path / "nothing"))
+
+
+# -- the video LDM ----------------------------------------------------------------------------------
+TINY_UNET = {"_target_": "latentbench.models.video_ldm.build_video_unet", "block_out_channels": [16, 32], "norm_num_groups": 8}
+
+
+def tiny_video_ldm(**kwargs):
+    from latentbench.models.video_ldm import VideoLatentDiffusion
+
+    return VideoLatentDiffusion(**{"input_shape": [4, 1, 8, 8], "unet": TINY_UNET, **kwargs})
+
+
+@pytest.mark.parametrize("conditioning", ["none", "class"])
+def test_space_time_unet_shapes_and_a_few_training_steps_lower_the_loss(conditioning):
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(False)
+    model = tiny_video_ldm(conditioning=conditioning, num_classes=10 if conditioning == "class" else None, ema_decay=None)
+    clips = torch.zeros(4, 4, 1, 8, 8)
+    for t in range(4):  # a bright bar moving right
+        clips[:, t, :, 2:6, t : t + 2] = 1.0
+    batch = {"image": clips, "label": torch.tensor([1, 2, 3, 4])}
+    latents = model.to_latents(clips)
+    assert model.latent_shape == (4, 1, 8, 8) and latents.shape == (4, 4, 1, 8, 8)
+    condition = model.conditioner.from_batch(batch)
+    assert model.unet(latents, torch.tensor([10, 20, 30, 40]), **condition).sample.shape == (4, 4, 1, 8, 8)
+    optimizer = torch.optim.Adam(model.unet.parameters(), lr=2e-3)
+    fixed = lambda: float(model.diffusion_loss(batch, torch.Generator().manual_seed(0)).detach())
+    before = fixed()
+    for _ in range(12):
+        optimizer.zero_grad()
+        model.diffusion_loss(batch).backward()
+        optimizer.step()
+    assert fixed() < 0.8 * before
+    requests = [3, 7] if conditioning == "class" else None
+    samples = model.sample(requests, per_condition=2, sampler="ddim", steps=3, guidance_scale=2.0)
+    assert samples.shape == (4 if requests else 2, 4, 1, 8, 8) and 0 <= float(samples.min()) and float(samples.max()) <= 1
+
+
+def test_joint_training_on_still_images_adds_a_loss_of_single_frames():
+    model = tiny_video_ldm(still_images=3, conditioning="class", num_classes=10)
+    batch = {"image": torch.rand(2, 4, 1, 8, 8), "label": torch.tensor([5, 6])}
+    still = model.still_batch(batch)
+    assert still["image"].shape == (3, 1, 1, 8, 8) and set(still["label"].tolist()) <= {5, 6}
+    # each still is one of the batch's frames
+    frames = batch["image"].reshape(8, 1, 8, 8)
+    assert all(any(torch.equal(s[0], f) for f in frames) for s in still["image"])
+    torch.manual_seed(1)
+    joint = model.training_step(batch, 0)
+    torch.manual_seed(1)
+    clip_only = model.diffusion_loss(batch, drop_probability=0.1)
+    assert float(joint.detach()) > float(clip_only.detach()) > 0  # the still loss is added
+    with pytest.raises(ValueError, match=r"^input_shape: video latent diffusion needs clips \(T, C, H, W\), got \[1, 8, 8\]"):
+        tiny_video_ldm(input_shape=[1, 8, 8])
+
+
+@pytest.mark.parametrize("video", [False, True])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm"])
+def test_the_trajectory_has_one_frame_per_sampler_step_and_ends_at_the_sample(video, sampler):
+    from latentbench.models.ldm import LatentDiffusion
+
+    if video:
+        model = tiny_video_ldm(conditioning="class", num_classes=10)
+    else:
+        model = LatentDiffusion(input_shape=[1, 8, 8], conditioning="class", num_classes=10,
+                                unet={"_target_": "latentbench.models.ldm.build_unet", "block_out_channels": [16, 32]})
+    images, trajectory = model.sample_trajectory([2, 5], steps=6, sampler=sampler, guidance_scale=2.0, seed=3)
+    assert trajectory.shape == (6, *images.shape)
+    assert torch.equal(images, model.sample([2, 5], steps=6, sampler=sampler, guidance_scale=2.0, seed=3))  # following costs nothing
+    if sampler == "dpm":  # its last step returns its own x0 estimate: the same up to rounding
+        torch.testing.assert_close(trajectory[-1], images, atol=1e-5, rtol=0)
+    else:
+        assert torch.equal(trajectory[-1], images)
+    predictions = []
+    latents = model.denoise([2, 5], 1, sampler, 6, 2.0, 3, on_step=predictions.append)
+    assert len(predictions) == 6 and not torch.allclose(predictions[0], latents, atol=1e-2)  # the first prediction is not yet the sample
+
+
+def test_trajectory_views_strip_and_video_shapes():
+    from latentbench.callbacks import trajectory_views
+
+    strip, video = trajectory_views(torch.rand(12, 2, 1, 8, 8), columns=5)
+    assert strip.shape == (2 * 32 + 3, 5 * 32 + 6, 3) and video.shape == (12, 32 + 2, 2 * 32 + 3, 3)
+    strip, video = trajectory_views(torch.rand(7, 3, 4, 1, 8, 8), columns=10)  # clips: the strip shows first frames
+    assert strip.shape == (3 * 32 + 4, 7 * 32 + 8, 3) and video.shape == (7, 3 * 32 + 4, 4 * 32 + 5, 3)
+
+
+# -- media and metrics ------------------------------------------------------------------------------
+def test_written_videos_hold_the_frames(tmp_path):
+    from latentbench.media import read_video, write_video
+
+    frames = np.zeros((5, 16, 22, 3), dtype=np.uint8)
+    for t in range(5):
+        frames[t, 4:12, 3 * t : 3 * t + 6] = 255
+    gif = read_video(write_video(tmp_path / "a.gif", frames, fps=5))
+    assert gif.shape == (5, 16, 22, 3) and np.array_equal(gif, frames)
+    mp4 = read_video(write_video(tmp_path / "b.mp4", frames[..., 0], fps=5))  # grey frames, sides made even
+    assert mp4.shape == (5, 16, 22, 3) and np.abs(mp4.astype(int) - frames).mean() < 8
+
+
+def test_temporal_distance_is_zero_for_real_vs_real_and_large_for_shuffled_or_frozen_frames():
+    from latentbench.evaluation.temporal import frame_changes, temporal_distance
+
+    generator = torch.Generator().manual_seed(0)
+    clips = torch.zeros(200, 8, 1, 16, 16)
+    starts, speeds = torch.randint(0, 6, (200,), generator=generator), torch.randint(1, 2, (200,), generator=generator)
+    for n in range(200):
+        for t in range(8):
+            x = int(starts[n] + speeds[n] * t)
+            clips[n, t, 0, 5:11, x : x + 4] = 1.0
+    real_a, real_b = clips[:100], clips[100:]
+    shuffled = real_b[:, torch.randperm(8, generator=generator)]
+    frozen = real_b[:, :1].expand(-1, 8, -1, -1, -1)
+    assert frame_changes(real_a).shape == (700,)
+    same, jumbled, still = temporal_distance(real_a, real_b), temporal_distance(real_a, shuffled), temporal_distance(real_a, frozen)
+    assert same < 0.002 and jumbled > 10 * max(same, 0.002) and still > 10 * max(same, 0.002), (same, jumbled, still)
+    assert still == pytest.approx(float(frame_changes(real_a).mean()), rel=1e-6)  # frozen: every change is 0
+
+
+def test_per_frame_fid_and_class_accuracy_of_clip_samples():
+    """The FID callback measures clips frame by frame against the classifier of frames."""
+    from latentbench.evaluation.fid import FID, DomainFeatures, FIDEvaluator
+    from latentbench.models.classifier import ImageClassifier
+
+    torch.manual_seed(0)
+    classifier = ImageClassifier(input_shape=[1, 8, 8], num_classes=10, channels=[4, 8], feature_dim=8)
+    evaluator = FIDEvaluator(DomainFeatures(classifier), "domain", image_shape=(1, 8, 8))
+    callback = FID(evaluator, num_images=6, images="samples", sample_batch_size=4)
+    real = torch.rand(6, 4, 1, 8, 8)
+    predicted = DomainFeatures(classifier).predict(real.reshape(-1, 1, 8, 8)).reshape(6, 4)
+
+    class PerfectSampler:  # returns the very clips the requests came from
+        device = torch.device("cpu")
+
+        def requests_from_batch(self, batch):
+            return batch["label"].tolist()
+
+        def sample_one_each(self, requests, count, seed_offset):
+            return real[seed_offset : seed_offset + count]
+
+    labels = predicted[:, 0]
+    callback._start(PerfectSampler())
+    callback._update(None, PerfectSampler(), None, {"image": real, "label": labels})
+    results = {**callback._add_samples(PerfectSampler()), **evaluator.compute()}
+    assert evaluator.num_real == evaluator.num_fake == 24  # 6 clips x 4 frames
+    assert results["class_acc"] == pytest.approx(float((predicted == labels[:, None]).float().mean()))
+    assert abs(results["fid_domain"]) < 1e-3

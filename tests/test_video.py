@@ -322,3 +322,87 @@ def test_per_frame_fid_and_class_accuracy_of_clip_samples():
     assert evaluator.num_real == evaluator.num_fake == 24  # 6 clips x 4 frames
     assert results["class_acc"] == pytest.approx(float((predicted == labels[:, None]).float().mean()))
     assert abs(results["fid_domain"]) < 1e-3
+
+
+# -- end to end: first stage on frames -> video LDM -> latentbench sample ----------------------------
+DIGITS = ["data=moving_digits", f"data.root={MNIST_ROOT}", "data.num_frames=4", "data.image_size=16", "data.digit_size=8",
+          "data.num_train=16", "data.num_val=8", "data.num_test=8", "data.batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory) -> Path:
+    """A tiny ae_kl (factor 2) trained on moving-digit frames, and a class-conditional video LDM on it (1 epoch)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latentbench.train import train
+    from tests.conftest import FAST, make_cfg
+
+    if not MNIST_ROOT.is_dir():
+        pytest.skip("no MNIST")
+    first_stage = tmp_path_factory.mktemp("frames_ae_kl")
+    train(make_cfg([*FAST, *DIGITS, "data.frames_as_images=true", "model=ae_kl", "model.factor=2", "model.channels=[8,16]",
+                    "model.layers_per_block=1", "model.norm_num_groups=4"], first_stage))
+    GlobalHydra.instance().clear()
+    run = tmp_path_factory.mktemp("video_ldm")
+    metrics = train(make_cfg([*FAST, *DIGITS, "model=video_ldm", "model.conditioning=class", f"model.first_stage.checkpoint={first_stage}",
+                              "model.unet.block_out_channels=[16,32]", "model.sampling.steps=3", "model.sampling.classes=[1,7]",
+                              "model.latent_std_batches=1", "model.still_images=2", "callbacks.denoising_video.every_n_epochs=1",
+                              "metrics.temporal.num_clips=4"], run))
+    GlobalHydra.instance().clear()
+    (run / "metrics_for_test.json").write_text(__import__("json").dumps(metrics))
+    return run
+
+
+def test_video_ldm_trains_on_moving_digits_and_logs_clips_videos_and_the_denoising(video_run):
+    import json
+
+    from PIL import Image
+
+    from latentbench.media import read_video
+    from latentbench.models.video_ldm import VideoLatentDiffusion
+
+    metrics = json.loads((video_run / "metrics_for_test.json").read_text())
+    assert np.isfinite(metrics["test/loss"]) and np.isfinite(metrics["test/first_stage/psnr"])
+    assert metrics["test/sample_temporal_w1"] >= 0 and metrics["test/real_frame_change"] > 0
+    model = VideoLatentDiffusion.load_from_checkpoint(metrics["checkpoint"], weights_only=True)
+    assert model.latent_shape == (4, 4, 8, 8) and model.hparams.still_images == 2
+    # the sample grid: one clip per row (classes 1 and 7), its 4 frames side by side, each 16 px shown at 32
+    (grid,) = sorted((video_run / "images").glob("val_samples_*.png"))
+    assert np.asarray(Image.open(grid)).shape == (2 * 32 + 3, 4 * 32 + 5, 3)
+    (video,) = sorted((video_run / "videos").glob("val_samples_video_*.gif"))
+    assert read_video(video).shape == (4, 2 * 32 + 3, 32 + 2, 3)  # one video frame per clip frame; a row per class
+    (denoising,) = sorted((video_run / "videos").glob("val_denoising_video_*.gif"))
+    assert read_video(denoising).shape[0] == 3  # one frame per sampler step
+    (strip,) = sorted((video_run / "images").glob("val_denoising_0*.png"))
+    assert np.asarray(Image.open(strip)).shape == (2 * 32 + 3, 3 * 32 + 4, 3)  # 2 samples x 3 steps
+    (reconstructions,) = sorted((video_run / "images").glob("val_reconstructions_*.png"))
+    assert np.asarray(Image.open(reconstructions)).shape == (4 * 32 + 5, 4 * 32 + 5, 3)  # 2 clips, each with its reconstruction
+
+
+def test_sample_command_writes_a_video_per_clip_and_the_denoising(video_run, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from latentbench.cli import main
+    from latentbench.media import read_video
+
+    out = tmp_path / "samples"
+    code = main(["sample", f"checkpoint={video_run}", f"output={out}", "classes=[3,8]", "steps=4", "per_condition=2",
+                 "trajectory=true", "fps=5"])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "samples.json").read_text())
+    assert [image["condition"] for image in record["images"]] == [3, 3, 8, 8]
+    assert record["images"][0]["files"] == ["class3_00.gif", "class3_00.mp4"] and record["videos"] == ["grid.gif", "grid.mp4"]
+    gif, mp4 = read_video(out / "class8_01.gif"), read_video(out / "class8_01.mp4")
+    assert gif.shape == mp4.shape == (4, 16, 16, 3) and np.abs(gif.astype(int) - mp4).mean() < 10
+    assert np.asarray(Image.open(out / "grid.png")).shape == (4 * 32 + 5, 4 * 32 + 5, 3)  # 4 clips as rows
+    assert read_video(out / "grid.mp4").shape[0] == 4 and read_video(out / "denoising.gif").shape[0] == 4
+    assert record["denoising"]["steps"] == 4
+    # the last step of the trajectory is the sample: the strip's last column shows each clip's first frame
+    strip = np.asarray(Image.open(out / "denoising.png"))
+    first_frame = np.asarray(Image.fromarray(gif[0]).resize((32, 32), Image.NEAREST))
+    shown = strip[3 * 33 + 1 : 3 * 33 + 33, 3 * 33 + 1 : 3 * 33 + 33]  # row 4 (class 8, second), column 4 (last step)
+    assert np.array_equal(shown, first_frame)
+    assert main(["sample", f"checkpoint={video_run}", f"output={out}", "video_formats=[avi]"]) == 2
+    assert "video_formats: 'avi' is not allowed (allowed: gif, mp4)" in capsys.readouterr().err

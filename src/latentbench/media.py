@@ -10,7 +10,7 @@ VIDEO_FORMATS = ("gif", "mp4")
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 4) -> Path:
-    """Write ``frames`` ``(T, H, W, 3)`` (or ``(T, H, W)`` grey) uint8 as ``path`` (``.gif`` or ``.mp4``).
+    """Write ``frames`` ``(T, H, W, 3)`` (or grey ``(T, H, W)``, ``(T, H, W, 1)``) uint8 as ``path`` (``.gif`` or ``.mp4``).
 
     A GIF loops forever; an MP4 is H.264 in yuv420p (what every player plays), whose sides must be
     even: odd ones get a black row/column.
@@ -20,7 +20,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 4) -> Path:
     path = Path(path)
     frames = np.asarray(frames, dtype=np.uint8)
     if frames.ndim == 3:
-        frames = np.repeat(frames[..., None], 3, axis=-1)
+        frames = frames[..., None]
+    if frames.ndim == 4 and frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames: expected (T, H, W, 3) uint8, got {frames.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)

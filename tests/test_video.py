@@ -406,3 +406,23 @@ def test_sample_command_writes_a_video_per_clip_and_the_denoising(video_run, tmp
     assert np.array_equal(shown, first_frame)
     assert main(["sample", f"checkpoint={video_run}", f"output={out}", "video_formats=[avi]"]) == 2
     assert "video_formats: 'avi' is not allowed (allowed: gif, mp4)" in capsys.readouterr().err
+
+
+def test_video_config_errors_are_one_line_before_training(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latentbench.train import train
+    from tests.conftest import FAST, make_cfg
+
+    def error_of(*overrides: str) -> str:
+        with pytest.raises(ConfigError) as caught:
+            train(make_cfg([*FAST, *overrides], tmp_path))
+        GlobalHydra.instance().clear()
+        return str(caught.value)
+
+    assert error_of("model=video_ldm").startswith("model.input_shape: video latent diffusion needs clips (T, C, H, W), got [1, 8, 8]")
+    assert error_of("model=video_ldm", "data=moving_digits", "model.conditioning=class", "metrics.temporal.num_clips=1") == (
+        "metrics.temporal.num_clips: expected an integer >= 2, got 1")
+    assert error_of("model=ldm", "metrics.temporal.enabled=true").startswith(
+        "metrics.temporal.enabled: measures sampled clips, but LatentDiffusion does not sample clips")
+    assert error_of("data=moving_digits", "data.num_digits=3").startswith("data.num_digits: 1, 2 or a list of them")

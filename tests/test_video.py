@@ -46,7 +46,7 @@ def test_clips_are_a_function_of_seed_split_and_index():
 
 @needs_mnist
 def test_splits_draw_from_disjoint_source_digits():
-    data = MovingDigitsDataModule(root=str(MNIST_ROOT), digit_size=28)
+    data = MovingDigitsDataModule(root=str(MNIST_ROOT))
     pools = data.digit_pools()
     assert [len(pools[s][0]) for s in ("train", "val", "test")] == [55000, 5000, 10000]
     from latentbench.data.mnist import read_idx
@@ -188,7 +188,7 @@ def tiny_video_ldm(**kwargs):
     return VideoLatentDiffusion(**{"input_shape": [4, 1, 8, 8], "unet": TINY_UNET, **kwargs})
 
 
-@pytest.mark.parametrize("conditioning", ["none", "class"])
+@pytest.mark.parametrize("conditioning", [pytest.param("none", marks=pytest.mark.slow), "class"])
 def test_space_time_unet_shapes_and_a_few_training_steps_lower_the_loss(conditioning):
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(False)
@@ -353,6 +353,7 @@ def video_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow  # with the video_run fixture: ~35 s together
 def test_video_ldm_trains_on_moving_digits_and_logs_clips_videos_and_the_denoising(video_run):
     import json
 
@@ -379,6 +380,17 @@ def test_video_ldm_trains_on_moving_digits_and_logs_clips_videos_and_the_denoisi
     assert np.asarray(Image.open(reconstructions)).shape == (4 * 32 + 5, 4 * 32 + 5, 3)  # 2 clips, each with its reconstruction
 
 
+@pytest.mark.slow  # with the video_run fixture: ~35 s together
+def test_the_report_shows_the_clip_strips_and_plays_the_videos(video_run):
+    from latentbench.report import data_uri, latest_images
+
+    images = latest_images(video_run)
+    assert images["val_samples"].suffix == ".png" and images["val_samples_video"].suffix == ".gif"
+    assert images["val_denoising_video"].suffix == ".gif" and images["test_denoising"].suffix == ".png"
+    assert data_uri(images["val_samples_video"]).startswith("data:image/gif;base64,R0lGOD")  # GIF89a: plays inline
+
+
+@pytest.mark.slow  # with the video_run fixture: ~35 s together
 def test_sample_command_writes_a_video_per_clip_and_the_denoising(video_run, tmp_path, capsys):
     import json
 

@@ -107,14 +107,15 @@ def resize_digits(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def generate_clips(digits: np.ndarray, digit_labels: np.ndarray, count: int, split: str, seed: int, frames: int,
-                   image_size: int, num_digits: list[int], speeds: list[int]) -> Clips:
-    """``count`` clips of ``split`` from the pool ``digits`` ``(P, d, d)`` uint8 with labels ``(P,)``.
+                   image_size: int, digit_size: int, num_digits: list[int], speeds: list[int]) -> Clips:
+    """``count`` clips of ``split`` from the pool ``digits`` ``(P, 28, 28)`` uint8 with labels ``(P,)``,
+    each digit resized to ``digit_size``.
 
     Clip i is drawn from ``default_rng((seed, split id, i))`` alone. Extras: ``digit_labels``
     ``(N, max(num_digits))`` (-1 padded) and ``digit_positions`` ``(N, max(num_digits), T, 2)`` (x, y
     of each digit's top-left corner per frame; -1 padded).
     """
-    size = digits.shape[-1]
+    size = digit_size
     most = max(num_digits)
     clips = np.zeros((count, frames, 1, image_size, image_size), dtype=np.uint8)
     labels_out = np.full((count, most), -1, dtype=np.int64)
@@ -133,7 +134,7 @@ def generate_clips(digits: np.ndarray, digit_labels: np.ndarray, count: int, spl
             track, taken = bounce_track(start, (dx * speed, dy * speed), frames, image_size - size)
             tracks.append(track)
             directions.append(taken)
-        clips[i] = render_clip([digits[p] for p in picks], tracks, image_size)
+        clips[i] = render_clip(list(resize_digits(digits[picks], digit_size)), tracks, image_size)
         labels_out[i, :how_many] = digit_labels[picks]
         positions[i, :how_many] = np.stack(tracks)
         captions.append(caption_for([int(digit_labels[p]) for p in picks], directions))
@@ -201,14 +202,14 @@ class MovingDigitsDataModule(ClipDataModule):
         self.mnist.prepare_data()
 
     def digit_pools(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per split, the source digits ``(P, digit_size, digit_size)`` uint8 and their labels ``(P,)``: disjoint."""
+        """Per split, the source digits ``(P, 28, 28)`` uint8 and their labels ``(P,)``: disjoint."""
         mnist = self.mnist.load_splits()
         train_images, train_labels = image_and_label_arrays(mnist["train"])
         test_images, test_labels = image_and_label_arrays(mnist["test"])
         cut = len(train_images) - VAL_DIGITS
         pools = {"train": (train_images[:cut], train_labels[:cut]), "val": (train_images[cut:], train_labels[cut:]),
                  "test": (test_images, test_labels)}
-        return {name: (resize_digits(images[:, 0], self.digit_size), labels) for name, (images, labels) in pools.items()}
+        return {name: (images[:, 0], labels) for name, (images, labels) in pools.items()}
 
     def load_clips(self) -> dict[str, Clips]:
         pools = self.digit_pools()
@@ -217,5 +218,5 @@ class MovingDigitsDataModule(ClipDataModule):
             count = self.counts[split] if self.limit is None else min(self.counts[split], self.limit)
             digits, labels = pools[split]
             clips[split] = generate_clips(digits, labels, count, split, self.seed, self.num_frames, self.image_size,
-                                          self.num_digits, self.speeds)
+                                          self.digit_size, self.num_digits, self.speeds)
         return clips

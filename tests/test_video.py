@@ -438,3 +438,22 @@ def test_video_config_errors_are_one_line_before_training(tmp_path):
     assert error_of("model=ldm", "metrics.temporal.enabled=true").startswith(
         "metrics.temporal.enabled: measures sampled clips, but LatentDiffusion does not sample clips")
     assert error_of("data=moving_digits", "data.num_digits=3").startswith("data.num_digits: 1, 2 or a list of them")
+
+
+@pytest.mark.slow  # W&B start-up: ~15 s
+def test_an_image_ldm_logs_its_denoising_and_samples_to_wandb_as_videos(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from latentbench.media import read_video
+    from latentbench.train import train
+    from tests.conftest import FAST, make_cfg
+
+    metrics = train(make_cfg([*FAST, "logger=wandb", "model=ldm", "model.unet.block_out_channels=[16,32]", "model.sampling.steps=3",
+                              "model.conditioning=class", "model.sampling.classes=[1,2]", "data.limit=64", "data.batch_size=32",
+                              "callbacks.denoising_video.every_n_epochs=1", "callbacks.denoising_video.num_samples=3"], tmp_path))
+    GlobalHydra.instance().clear()
+    media = next((tmp_path / "wandb").glob(f"offline-run-*-{metrics['wandb_run_id']}/files/media"))
+    (video,) = media.glob("videos/val/denoising_video_*.gif")
+    assert read_video(video).shape[0] == 3  # one frame per sampler step
+    assert list(media.glob("images/val/denoising_*.png")) and list(media.glob("images/test/denoising_*.png"))
+    assert (tmp_path / "videos").is_dir()  # the GIFs are kept beside the run too

@@ -14,7 +14,7 @@ import torch
 from torchvision.utils import make_grid
 
 from latentbench.models.base import EvalOutput, eval_output
-from latentbench.tracking import log_image, log_table
+from latentbench.tracking import log_image, log_table, log_video
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,37 @@ def grid_image(rows: list[torch.Tensor]) -> np.ndarray:
     return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+def clip_grid(clips: torch.Tensor) -> np.ndarray:
+    """Clips ``(N, T, C, H, W)`` as one picture: a frame strip per clip, one clip per row."""
+    return grid_image(list(clips.detach().float().cpu().clamp(0.0, 1.0)))
+
+
+def clip_video(clips: torch.Tensor, per_row: int) -> np.ndarray:
+    """Clips ``(N, T, C, H, W)`` as one video ``(T, H', W', 3)`` uint8: frame t shows every clip's frame t,
+    ``per_row`` clips to a row (a last, shorter row is left out)."""
+    clips = clips.detach().float().cpu().clamp(0.0, 1.0)
+    rows = len(clips) // per_row or 1
+    clips = clips[: rows * per_row] if len(clips) >= per_row else clips
+    return np.stack([grid_image(list(clips[:, t].split(min(per_row, len(clips))))) for t in range(clips.shape[1])])
+
+
+def trajectory_views(trajectory: torch.Tensor, columns: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """The denoising of a sampler, ``(S, N, ...)`` decoded x0 predictions (images or clips), as
+    ``(strip, video)``: the strip has one row per sample (a clip: its first frame), one column per
+    shown step (``columns`` evenly spaced, always the first and the last); the video has one frame
+    per step, showing every sample (clips: one row each, their frames side by side)."""
+    steps = len(trajectory)
+    count = min(columns, steps)
+    shown = sorted({round(i * (steps - 1) / max(count - 1, 1)) for i in range(count)})
+    first_frames = trajectory[:, :, 0] if trajectory.dim() == 6 else trajectory
+    strip = grid_image([first_frames[shown, n].float().cpu().clamp(0.0, 1.0) for n in range(trajectory.shape[1])])
+    if trajectory.dim() == 6:
+        video = np.stack([clip_grid(step) for step in trajectory])
+    else:
+        video = np.stack([grid_image([step.float().cpu().clamp(0.0, 1.0)]) for step in trajectory])
+    return strip, video
+
+
 class ReconstructionGrid(pl.Callback):
     """Every validation epoch: a grid of model inputs, reconstructions (and clean targets when the
     input is corrupted) for the first ``num_images`` validation images; also once at test."""
@@ -63,6 +94,12 @@ class ReconstructionGrid(pl.Callback):
         reconstruction = eval_output(outputs).reconstruction
         if trainer.sanity_checking or not trainer.is_global_zero or reconstruction is None:
             return  # also for models without reconstructions (classifiers)
+        if batch["image"].dim() == 5:  # clips: frame strips of the first clips and their reconstructions
+            n = max(1, min(self.num_images // 4, len(batch["image"])))
+            rows = [clip for pair in zip(batch["image"][:n], reconstruction[:n]) for clip in pair]
+            log_image(trainer.loggers, trainer.default_root_dir, key, clip_grid(torch.stack(rows)), trainer.global_step,
+                      "rows: clip, its reconstruction (frames left to right)")
+            return
         shape = trainer.datamodule.image_shape
         n = min(self.num_images, len(batch["image"]))
         rows = [to_images(batch.get("input", batch["image"])[:n], shape), to_images(reconstruction[:n], shape)]
@@ -86,7 +123,9 @@ class SampleGrid(pl.Callback):
     (``val/samples``, ``test/samples``), one row per class or prompt of its ``sampling`` defaults.
 
     For models that sample (``model=ldm``: ``sample_grid``); others are skipped. Every process
-    samples (a sharded model's forward needs them all); the first one logs.
+    samples (a sharded model's forward needs them all); the first one logs. Samples that are clips
+    (``model=video_ldm``) are logged as a picture of frame strips (one clip per row) and as a video
+    (``val/samples_video``: a GIF in ``videos/``, a ``wandb.Video`` in W&B).
 
     Args:
         every_n_epochs (`int`): validation epochs between grids; 0 never (not at test either).
@@ -103,12 +142,23 @@ class SampleGrid(pl.Callback):
         images, requests = pl_module.sample_grid()
         if not trainer.is_global_zero:
             return
+        if images.dim() == 5:
+            self._log_clips(trainer, pl_module, key, images, requests)
+            return
         per_row = pl_module.sampling["per_condition"] if requests else min(len(images), 8)
         rows = list(images.float().cpu().split(per_row))
         if len(rows[-1]) != per_row:
             rows = rows[:-1] or rows
         caption = "rows: " + " | ".join(map(str, requests)) if requests else "unconditional samples"
         log_image(trainer.loggers, trainer.default_root_dir, key, grid_image(rows), trainer.global_step, caption)
+
+    @staticmethod
+    def _log_clips(trainer: pl.Trainer, pl_module: pl.LightningModule, key: str, clips: torch.Tensor, requests: list | None) -> None:
+        per_condition = pl_module.sampling["per_condition"] if requests else 1
+        caption = "rows: " + " | ".join(str(r) for r in requests for _ in range(per_condition)) if requests else "unconditional samples"
+        log_image(trainer.loggers, trainer.default_root_dir, key, clip_grid(clips), trainer.global_step, caption)
+        log_video(trainer.loggers, trainer.default_root_dir, f"{key}_video", clip_video(clips, per_condition), trainer.global_step,
+                  caption=caption)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if validation_due(trainer, self.every_n_epochs):
@@ -117,6 +167,55 @@ class SampleGrid(pl.Callback):
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if self.every_n_epochs:
             self._log(trainer, pl_module, "test/samples")
+
+
+class DenoisingVideo(pl.Callback):
+    """The denoising process as a video, for every diffusion model (the Diffusion Explainer's view):
+    every ``every_n_epochs`` validation epochs and at test, the decoded prediction of the clean
+    sample at each of the sampler's steps, for ``num_samples`` fixed seeds (``sampling.seed + i``) and
+    the first classes/prompts of the model's sampling defaults.
+
+    Logs ``<stage>/denoising`` (a picture: one row per sample, ``columns`` steps from the first to the
+    last, which is the sample) and ``<stage>/denoising_video`` (one frame per sampler step: a GIF in
+    ``videos/``, a ``wandb.Video`` in W&B). Models without ``sample_trajectory`` are skipped.
+
+    Args:
+        every_n_epochs (`int`): validation epochs between logs; 0 never (not at test either): the default,
+            as sampling costs a little time.
+        num_samples (`int`): samples followed.
+        columns (`int`): steps shown in the picture.
+        fps (`int`): frames per second of the video.
+    """
+
+    def __init__(self, every_n_epochs: int = 0, num_samples: int = 2, columns: int = 10, fps: int = 8):
+        for name, value, least in (("every_n_epochs", every_n_epochs, 0), ("num_samples", num_samples, 1),
+                                   ("columns", columns, 2), ("fps", fps, 1)):
+            if value < least:
+                raise ValueError(f"{name}: must be >= {least}, got {value}")
+        self.every_n_epochs, self.num_samples, self.columns, self.fps = every_n_epochs, num_samples, columns, fps
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, key: str) -> None:
+        if not callable(getattr(pl_module, "sample_trajectory", None)):
+            return
+        requests = pl_module.sample_requests()
+        requests = [requests[i % len(requests)] for i in range(self.num_samples)] if requests else None
+        options = {k: pl_module.sampling[k] for k in ("sampler", "steps", "guidance_scale", "seed")}
+        _, trajectory = pl_module.sample_trajectory(requests, per_condition=1 if requests else self.num_samples, **options)
+        if not trainer.is_global_zero:
+            return
+        strip, video = trajectory_views(trajectory, self.columns)
+        caption = (f"{options['sampler']}, {len(trajectory)} steps; rows: "
+                   + (" | ".join(map(str, requests)) if requests else "unconditional"))
+        log_image(trainer.loggers, trainer.default_root_dir, key, strip, trainer.global_step, caption)
+        log_video(trainer.loggers, trainer.default_root_dir, f"{key}_video", video, trainer.global_step, self.fps, caption)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if validation_due(trainer, self.every_n_epochs):
+            self._log(trainer, pl_module, "val/denoising")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if self.every_n_epochs:
+            self._log(trainer, pl_module, "test/denoising")
 
 
 class EmbeddingPlot(pl.Callback):

@@ -132,9 +132,10 @@ def image_key_and_step(path: Path, media_root: Path | None) -> tuple[str, int]:
 
 
 def latest_images(run_dir: Path) -> dict[str, Path]:
-    """The newest PNG of each image key logged by the run (``images/`` or W&B offline media)."""
+    """The newest PNG of each image key logged by the run (``images/`` or W&B offline media), and the
+    newest GIF of each video key (``videos/``: sample clips, the denoising process)."""
     found: dict[str, tuple[int, Path]] = {}
-    candidates = [(p, None) for p in (run_dir / "images").glob("*.png")]
+    candidates = [(p, None) for p in (run_dir / "images").glob("*.png")] + [(p, None) for p in (run_dir / "videos").glob("*.gif")]
     for media in sorted((run_dir / "wandb").glob("*run-*/files/media/images")):
         candidates += [(p, media) for p in media.rglob("*.png")]
     for path, media in candidates:
@@ -623,7 +624,8 @@ def plot_training_curves(table: Table, metrics: list[str], path: Path) -> Path |
 
 
 def data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    kind = "gif" if path.suffix.lower() == ".gif" else "png"  # an inlined GIF plays in the page
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def cell_class(cell: str) -> str:
@@ -706,8 +708,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--curves", nargs="*", metavar="METRIC",
                    help="history keys drawn against steps (default: train/loss, val/loss and the other val/ metrics; "
                         "drawn with html, or when named here; none given: no curves)")
-    p.add_argument("--images", nargs="*", default=["reconstructions", "samples", "embedding"], metavar="SUBSTRING",
-                   help="image keys shown per run in the HTML page (default: reconstructions samples embedding)")
+    p.add_argument("--images", nargs="*", default=["reconstructions", "samples", "embedding", "denoising"], metavar="SUBSTRING",
+                   help="image keys shown per run in the HTML page, GIFs of videos too (default: reconstructions samples embedding denoising)")
     p.add_argument("--out", type=Path, help="output folder (default: <source>/report, or report/ for W&B)")
     p.add_argument("--name", default="table", help="file stem of the tables (default: table)")
     p.add_argument("--title", default="", help="title of the HTML page and the LaTeX caption")

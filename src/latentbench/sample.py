@@ -1,11 +1,16 @@
-"""``latentbench sample``: images from a trained latent diffusion checkpoint.
+"""``latentbench sample``: images (or clips) from a trained latent diffusion checkpoint.
 
-    latentbench sample checkpoint=<ldm .ckpt or run dir> [output=<dir>] [prompts=[...]] [classes=[...]]
+    latentbench sample checkpoint=<ldm or video_ldm .ckpt or run dir> [output=<dir>] [prompts=[...]] [classes=[...]]
         [sampler=ddim] [steps=50] [guidance_scale=3.0] [seed=0] [per_condition=4] [device=auto] [wandb=auto]
+        [trajectory=false] [video_formats=[gif,mp4]] [fps=4]
 
 writes (by default into the run's folder, ``<run>/samples/<time>/``) ``<output>/grid.png`` (one row per class/prompt), one PNG per image and ``samples.json``
 (what was asked for, and which file holds which image). With ``wandb=auto`` the grid also goes to
-the training run's W&B run when it had one (``wandb=false`` skips it).
+the training run's W&B run when it had one (``wandb=false`` skips it). A video model
+(``model=video_ldm``) writes each clip as ``.gif`` and ``.mp4`` (``video_formats``), ``grid.png`` as
+frame strips (one clip per row) and ``grid.gif``/``grid.mp4`` of all clips. ``trajectory=true`` also
+writes the denoising process: ``denoising.png`` (a row per sample, steps left to right) and
+``denoising.gif`` (one frame per sampler step).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
     "per_condition": 4,
     "device": "auto",
     "wandb": "auto",
+    "trajectory": False,
+    "video_formats": ["gif", "mp4"],
+    "fps": 4,
 }
 
 USAGE = __doc__.split("\n\n")[1]
@@ -60,20 +68,34 @@ def parse_arguments(args: list[str]) -> dict[str, Any]:
             options[key] = [options[key]]
     if options["prompts"] is not None and options["classes"] is not None:
         raise ConfigError("prompts/classes: give one of them (prompts for a text model, classes for a class model)")
+    from latentbench.media import VIDEO_FORMATS
+
+    if not isinstance(options["video_formats"], list):
+        options["video_formats"] = [options["video_formats"]]
+    for name in options["video_formats"]:
+        if name not in VIDEO_FORMATS:
+            raise ConfigError(f"video_formats: {name!r} is not allowed (allowed: {', '.join(VIDEO_FORMATS)})")
+    if not isinstance(options["fps"], int) or isinstance(options["fps"], bool) or options["fps"] < 1:
+        raise ConfigError(f"fps: expected a positive integer, got {options['fps']!r}")
+    if not isinstance(options["trajectory"], bool):
+        raise ConfigError(f"trajectory: expected true or false, got {options['trajectory']!r}")
     return options
 
 
 def load_model(checkpoint: str, device: str):
-    """The LDM of a checkpoint file or run directory, on ``device`` (auto: CUDA when present), in eval mode."""
-    from latentbench.checkpoints import read_checkpoint
+    """The LDM (or video LDM: the class the checkpoint records) of a checkpoint file or run directory,
+    on ``device`` (auto: CUDA when present), in eval mode."""
+    from hydra.utils import get_class
+
+    from latentbench.checkpoints import MODEL_CLASS_KEY, read_checkpoint
     from latentbench.models.ldm import LatentDiffusion
     from latentbench.run_dir import resolve_checkpoint
 
     path = resolve_checkpoint(str(checkpoint))
-    read_checkpoint(path, "checkpoint", expected=LatentDiffusion)
+    cls = get_class(read_checkpoint(path, "checkpoint", expected=LatentDiffusion)[MODEL_CLASS_KEY])
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = LatentDiffusion.load_from_checkpoint(path, map_location=device, weights_only=True)
+    model = cls.load_from_checkpoint(path, map_location=device, weights_only=True)
     return model.eval(), path
 
 
@@ -141,6 +163,45 @@ def save_images(images: torch.Tensor, requests: list | None, per_condition: int,
     return {"grid": "grid.png", "images": files, "grid_array": grid}
 
 
+def save_clips(clips: torch.Tensor, requests: list | None, per_condition: int, output: Path, formats: list[str], fps: int) -> dict[str, Any]:
+    """``grid.png`` (frame strips, one clip per row), ``grid.<format>`` (all clips playing) and one
+    video per clip (``class3_00.gif``, ...) under ``output``; returns the file index for samples.json."""
+    from PIL import Image
+
+    from latentbench.callbacks import clip_grid, clip_video
+    from latentbench.media import write_video
+
+    output.mkdir(parents=True, exist_ok=True)
+    grid = clip_grid(clips)
+    Image.fromarray(grid).save(output / "grid.png")
+    everything = clip_video(clips, per_condition)
+    for name in formats:
+        write_video(output / f"grid.{name}", everything, fps)
+    files = []
+    for index, clip in enumerate(clips.float().cpu()):
+        row, column = divmod(index, per_condition)
+        stem = image_name(requests, row, column, index).removesuffix(".png")
+        frames = (clip.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        for name in formats:
+            write_video(output / f"{stem}.{name}", frames, fps)
+        files.append({"file": f"{stem}.{formats[0]}" if formats else None, "files": [f"{stem}.{name}" for name in formats],
+                      "condition": None if requests is None else requests[row], "index": column, "frames": len(frames)})
+    return {"grid": "grid.png", "videos": [f"grid.{name}" for name in formats], "images": files, "grid_array": grid}
+
+
+def save_trajectory(trajectory: torch.Tensor, output: Path, fps: int) -> dict[str, Any]:
+    """``denoising.png`` and ``denoising.gif`` of a ``(S, N, ...)`` trajectory (see :func:`latentbench.callbacks.trajectory_views`)."""
+    from PIL import Image
+
+    from latentbench.callbacks import trajectory_views
+    from latentbench.media import write_video
+
+    strip, video = trajectory_views(trajectory)
+    Image.fromarray(strip).save(output / "denoising.png")
+    write_video(output / "denoising.gif", video, fps)
+    return {"denoising": {"strip": "denoising.png", "video": "denoising.gif", "steps": len(trajectory)}}
+
+
 def log_to_wandb(checkpoint_path: str, grid: np.ndarray, caption: str) -> str | None:
     """Log the grid to the W&B run of the training run that wrote the checkpoint, if it had one."""
     from latentbench.run_dir import RunDir, RunDirError
@@ -165,13 +226,21 @@ def sample(options: dict[str, Any]) -> dict[str, Any]:
     if options["output"] is None:
         options = {**options, "output": str(default_output(path))}
     requests = requests_of(model, options)
+    arguments = {key: options[key] for key in ("per_condition", "sampler", "steps", "guidance_scale", "seed")}
     try:
-        images = model.sample(requests, per_condition=options["per_condition"], sampler=options["sampler"],
-                              steps=options["steps"], guidance_scale=options["guidance_scale"], seed=options["seed"])
+        if options["trajectory"]:
+            images, trajectory = model.sample_trajectory(requests, **arguments)
+        else:
+            images, trajectory = model.sample(requests, **arguments), None
     except ValueError as error:
         raise ConfigError(str(error)) from None
     output = Path(options["output"])
-    saved = save_images(images, requests, options["per_condition"], output)
+    if images.dim() == 5:
+        saved = save_clips(images, requests, options["per_condition"], output, options["video_formats"], options["fps"])
+    else:
+        saved = save_images(images, requests, options["per_condition"], output)
+    if trajectory is not None:
+        saved.update(save_trajectory(trajectory, output, options["fps"]))
     grid = saved.pop("grid_array")
     record = {**{k: v for k, v in options.items() if k not in ("prompts", "classes")}, "checkpoint": path,
               "requests": requests, **saved}

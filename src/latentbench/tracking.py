@@ -193,6 +193,22 @@ def log_image(loggers: list[Logger], output_dir: str | Path, key: str, image: np
     Image.fromarray(image).save(path)
 
 
+def log_video(loggers: list[Logger], output_dir: str | Path, key: str, frames: np.ndarray, step: int, fps: int = 4,
+              caption: str = "") -> Path:
+    """Write ``(T, H, W, 3)`` uint8 frames as ``output_dir/videos/<key>_<step>.gif`` and log it to W&B
+    as a ``wandb.Video`` when W&B is active; returns the GIF's path."""
+    from latentbench.media import write_video
+
+    path = write_video(Path(output_dir) / "videos" / f"{key.replace('/', '_')}_{step:06d}.gif", frames, fps)
+    wandb = wandb_loggers(loggers)
+    if wandb:
+        import wandb as wandb_module
+
+        for logger in wandb:
+            logger.log_metrics({key: wandb_module.Video(str(path), caption=caption or None, format="gif")}, step=step)
+    return path
+
+
 def log_table(loggers: list[Logger], output_dir: str | Path, key: str, columns: list[str], rows: list[list[Any]]) -> None:
     """Log a table to W&B as a ``wandb.Table``, or save it as ``output_dir/tables/<key>.csv``."""
     wandb = wandb_loggers(loggers)

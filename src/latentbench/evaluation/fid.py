@@ -267,6 +267,9 @@ class FID(pl.Callback):
       samples that the FID's classifier assigns to the class they were sampled for.
     - ``auto``: samples for models that sample (``model=ldm``), reconstructions otherwise.
 
+    Clips (``model=video_ldm``) are measured frame by frame (per-frame FID, class accuracy of
+    frames); ``num_images`` then counts clips.
+
     Runs at every test and every ``every_n_val_epochs`` validation epochs (null: test only).
 
     Args:
@@ -325,19 +328,26 @@ class FID(pl.Callback):
         self.evaluator.update(real, fake.clamp(0, 1))
 
     def _add_samples(self, pl_module) -> dict[str, float]:
-        """Sample one image per kept real image (same class/caption) and add both; ``{"class_acc": ...}`` where it applies."""
+        """Sample one image per kept real image (same class/caption) and add both; ``{"class_acc": ...}`` where it applies.
+
+        Clips (``(N, T, C, H, W)``, ``model=video_ldm``) are measured frame by frame: FID of all real vs
+        all generated frames, and the share of generated frames put in their clip's class.
+        """
         real = torch.cat(self.real)
         classifier = self.evaluator.extractor if isinstance(self.evaluator.extractor, DomainFeatures) else None
         by_class = self.requests is not None and all(isinstance(r, int) for r in self.requests)
-        correct = 0
+        correct, judged = 0, 0
         for start in range(0, len(real), self.sample_batch_size):
             count = min(self.sample_batch_size, len(real) - start)
             requests = None if self.requests is None else self.requests[start : start + count]
             fake = pl_module.sample_one_each(requests, count, seed_offset=start)
-            self.evaluator.update(real[start : start + count].to(fake.device), fake)
+            self.evaluator.update(frames_of(real[start : start + count]).to(fake.device), frames_of(fake))
             if classifier is not None and by_class:
-                correct += int((classifier.predict(fake) == torch.tensor(requests, device=fake.device)).sum())
-        return {"class_acc": correct / len(real)} if classifier is not None and by_class else {}
+                per_sample = frames_of(fake).shape[0] // count
+                wanted = torch.tensor(requests, device=fake.device).repeat_interleave(per_sample)
+                correct += int((classifier.predict(frames_of(fake)) == wanted).sum())
+                judged += len(wanted)
+        return {"class_acc": correct / judged} if classifier is not None and by_class else {}
 
     def _finish(self, pl_module, stage: str) -> None:
         if not self.active:
@@ -371,6 +381,11 @@ class FID(pl.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._finish(pl_module, "test")
+
+
+def frames_of(images: torch.Tensor) -> torch.Tensor:
+    """Clips ``(N, T, C, H, W)`` as their frames ``(N*T, C, H, W)``; images ``(N, C, H, W)`` unchanged."""
+    return images.reshape(-1, *images.shape[-3:]) if images.dim() == 5 else images
 
 
 def positive_int(name: str, value, minimum: int = 1) -> int:

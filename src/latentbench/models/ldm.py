@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -47,6 +48,11 @@ DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 50, "guidance_scale": 3.0, "seed
 # Keys that moved out of the model (sample grids, sample FID: callbacks and metrics); an older
 # checkpoint's hyperparameters still hold them, so they are dropped there, not refused.
 MOVED_SAMPLING_KEYS = {"every_n_epochs": "callbacks.sample_grid.every_n_epochs"}
+
+
+def as_images(x: torch.Tensor) -> torch.Tensor:
+    """``(..., C, H, W)`` -> ``(N, C, H, W)``: clips ``(B, T, C, H, W)`` as their frames; images unchanged."""
+    return x.reshape(-1, *x.shape[-3:])
 
 
 def check_keys(name: str, options: dict | None, allowed) -> None:
@@ -244,8 +250,7 @@ class LatentDiffusion(LatentbenchModule):
         super().__init__()
         self.save_hyperparameters()
         self.input_shape = tuple(int(s) for s in input_shape)
-        if len(self.input_shape) != 3:
-            raise ValueError(f"input_shape: latent diffusion needs (C, H, W) images, got {self.input_shape} (set data.flatten=false)")
+        self.check_input_shape(self.input_shape)
         if not 0.0 <= condition_dropout < 1.0:
             raise ValueError(f"condition_dropout: must lie in [0, 1), got {condition_dropout}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
@@ -259,7 +264,7 @@ class LatentDiffusion(LatentbenchModule):
         self.conditioner = self._build_conditioner(conditioning, num_classes, has_captions, text_encoder or {})
         self.first_stage, self.hparams["first_stage"] = load_first_stage(first_stage or {})
         self.latent_shape = self._latent_shape()
-        unet_cfg = dict(unet or DEFAULT_UNET)
+        unet_cfg = dict(unet or self.default_unet)
         self.unet = self._build_unet(unet_cfg)
         self.noise_scheduler = instantiate(noise_scheduler or DEFAULT_NOISE_SCHEDULER, prediction_type=prediction_type)
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
@@ -275,6 +280,14 @@ class LatentDiffusion(LatentbenchModule):
         self.test_metrics = reconstruction_metrics("test/first_stage/", True)
 
     # -- construction ------------------------------------------------------------------------
+    default_unet: dict[str, Any] = DEFAULT_UNET
+    returns_codes = True  # evaluation steps return the latents as codes (embedding views)
+
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse data this model cannot take: images ``(C, H, W)`` here."""
+        if len(shape) != 3:
+            raise ValueError(f"input_shape: latent diffusion needs (C, H, W) images, got {shape} (set data.flatten=false)")
+
     def _build_conditioner(self, conditioning: str, num_classes: int | None, has_captions: bool, text_encoder: dict) -> nn.Module:
         if conditioning == "none":
             return NoConditioning()
@@ -291,18 +304,21 @@ class LatentDiffusion(LatentbenchModule):
             return TextConditioning(clip, tokenizer, prompts)
         raise ValueError(f"conditioning: {conditioning!r} is not allowed (allowed: none, class, text)")
 
-    def _latent_shape(self) -> tuple[int, int, int]:
+    def _latent_shape(self) -> tuple[int, ...]:
+        """The shape of one example's latents: the input shape with the image axes ``(C, H, W)`` replaced
+        by the first stage's ``(c, h, w)`` (leading axes, e.g. frames, kept)."""
         if self.first_stage is None:
             return self.input_shape
-        if tuple(self.first_stage.input_shape) != self.input_shape:
+        image_shape, lead = self.input_shape[-3:], self.input_shape[:-3]
+        if tuple(self.first_stage.input_shape) != image_shape:
             raise ValueError(
                 f"first_stage.checkpoint: {self.hparams.first_stage['checkpoint']} was trained on images of shape "
-                f"{list(self.first_stage.input_shape)}, but the data gives {list(self.input_shape)}"
+                f"{list(self.first_stage.input_shape)}, but the data gives {list(image_shape)}"
             )
-        return tuple(self.first_stage.latent_shape)
+        return (*lead, *self.first_stage.latent_shape)
 
     def _build_unet(self, unet_cfg: dict) -> nn.Module:
-        channels, height, width = self.latent_shape
+        channels, height, width = self.latent_shape[-3:]
         levels = len(unet_cfg.get("block_out_channels", (32, 64)))
         step = 2 ** (levels - 1)
         if height != width or height % step:
@@ -321,17 +337,33 @@ class LatentDiffusion(LatentbenchModule):
 
     # -- latents -----------------------------------------------------------------------------
     @torch.no_grad()
+    def encode_first_stage(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(..., C, H, W)`` in [0, 1] -> the first stage's latents ``(..., c, h, w)`` (pixel space:
+        ``2x - 1``); leading axes (batch, frames) are folded into one batch for the 2-D first stage."""
+        if self.first_stage is None:
+            return images * 2.0 - 1.0
+        lead = images.shape[:-3]
+        latents = self.first_stage.encode_latents(images.reshape(-1, *images.shape[-3:]))
+        return latents.reshape(*lead, *latents.shape[1:])
+
+    @torch.no_grad()
+    def decode_first_stage(self, latents: torch.Tensor) -> torch.Tensor:
+        """The first stage's latents ``(..., c, h, w)`` -> images ``(..., C, H, W)`` (not clipped)."""
+        if self.first_stage is None:
+            return (latents + 1.0) / 2.0
+        lead = latents.shape[:-3]
+        images = self.first_stage.decode_latents(latents.reshape(-1, *latents.shape[-3:]))
+        return images.reshape(*lead, *images.shape[1:])
+
+    @torch.no_grad()
     def to_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` in [0, 1] -> unit-scale latents ``(B, c, h, w)``."""
-        latents = images * 2.0 - 1.0 if self.first_stage is None else self.first_stage.encode_latents(images)
-        return latents / self.latent_std
+        """Images ``(B, C, H, W)`` (or clips ``(B, T, C, H, W)``) in [0, 1] -> unit-scale latents ``(B, c, h, w)`` (``(B, T, c, h, w)``)."""
+        return self.encode_first_stage(images) / self.latent_std
 
     @torch.no_grad()
     def to_images(self, latents: torch.Tensor) -> torch.Tensor:
-        """Unit-scale latents ``(B, c, h, w)`` -> images ``(B, C, H, W)`` clipped to [0, 1]."""
-        latents = latents * self.latent_std
-        images = (latents + 1.0) / 2.0 if self.first_stage is None else self.first_stage.decode_latents(latents)
-        return images.clamp(0.0, 1.0)
+        """Unit-scale latents ``(B, c, h, w)`` (or ``(B, T, c, h, w)``) -> images ``(B, C, H, W)`` (clips) clipped to [0, 1]."""
+        return self.decode_first_stage(latents * self.latent_std).clamp(0.0, 1.0)
 
     def choose_prompts(self, loader, count: int = 4) -> None:
         """Fix the sample grid's prompts to the first ``count`` distinct validation captions (saved in hparams)."""
@@ -351,9 +383,7 @@ class LatentDiffusion(LatentbenchModule):
         for index, batch in enumerate(loader):
             if index >= self.hparams.latent_std_batches:
                 break
-            images = batch["image"].to(self.device)
-            latents = images * 2.0 - 1.0 if self.first_stage is None else self.first_stage.encode_latents(images)
-            latents = latents.double()
+            latents = self.encode_first_stage(batch["image"].to(self.device)).double()
             total, total_sq, count = total + latents.sum().item(), total_sq + (latents**2).sum().item(), count + latents.numel()
         mean = total / count
         return math.sqrt(max(total_sq / count - mean**2, 1e-12))
@@ -408,9 +438,9 @@ class LatentDiffusion(LatentbenchModule):
         reconstruction = self.to_images(latents)
         if self.first_stage is not None:  # pixel space reconstructs exactly: nothing to measure
             metrics = self.val_metrics if stage == "val" else self.test_metrics
-            metrics.update(reconstruction.float(), images.float())
+            metrics.update(as_images(reconstruction).float(), as_images(images).float())  # clips: frame by frame
             self.log_dict(metrics, batch_size=len(images))
-        return EvalOutput(reconstruction=reconstruction, codes=latents.flatten(1))
+        return EvalOutput(reconstruction=reconstruction, codes=latents.flatten(1) if self.returns_codes else None)
 
     # -- sampling ----------------------------------------------------------------------------
     def denoiser(self) -> nn.Module:
@@ -429,7 +459,7 @@ class LatentDiffusion(LatentbenchModule):
         guidance_scale: float = 1.0,
         seed: int = 0,
     ) -> torch.Tensor:
-        """Generate ``len(requests) * per_condition`` images ``(N, C, H, W)`` in [0, 1].
+        """Generate ``len(requests) * per_condition`` images ``(N, C, H, W)`` (clips ``(N, T, C, H, W)``) in [0, 1].
 
         ``requests`` are class ids (class conditioning), prompts (text) or None (unconditional:
         ``per_condition`` images). Image i starts from noise seeded with ``seed + i`` and the
@@ -437,6 +467,41 @@ class LatentDiffusion(LatentbenchModule):
         same images in every epoch and run. ``guidance_scale`` > 1 applies classifier-free guidance:
         ``uncond + scale * (cond - uncond)``.
         """
+        return self.to_images(self.denoise(requests, per_condition, sampler, steps, guidance_scale, seed))
+
+    @torch.no_grad()
+    def sample_trajectory(
+        self,
+        requests: list | None = None,
+        per_condition: int = 1,
+        sampler: Sampler = "ddim",
+        steps: int = 50,
+        guidance_scale: float = 1.0,
+        seed: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`sample`, and the denoising seen step by step: ``(images (N, ...), trajectory (S, N, ...))``.
+
+        Trajectory frame k is the decoded prediction of the clean sample (x0) at the sampler's k-th of
+        its S steps; the last one is the final sample (exactly for ``ddpm`` and ``ddim``, whose last
+        step returns its x0 prediction).
+        """
+        predictions: list[torch.Tensor] = []
+        latents = self.denoise(requests, per_condition, sampler, steps, guidance_scale, seed, on_step=predictions.append)
+        return self.to_images(latents), torch.stack([self.to_images(x0) for x0 in predictions])
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        requests: list | None,
+        per_condition: int,
+        sampler: Sampler,
+        steps: int,
+        guidance_scale: float,
+        seed: int,
+        on_step: Callable[[torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop of :meth:`sample`: unit-scale latents ``(N, *latent_shape)``; ``on_step``
+        gets the predicted clean latents (x0) of every step."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler: {sampler!r} is not a sampler (allowed: {', '.join(SAMPLERS)})")
         check_positive("steps", steps)
@@ -462,9 +527,21 @@ class LatentDiffusion(LatentbenchModule):
             if guided:
                 unconditional, conditional = prediction.chunk(2)
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
-            latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
+            step = scheduler.step(prediction, t, latents, generator=generator)
+            if on_step is not None:
+                x0 = getattr(step, "pred_original_sample", None)
+                on_step(x0 if x0 is not None else self.predicted_clean(prediction, t, latents))
+            latents = step.prev_sample
         unet.train(was_training)
-        return self.to_images(latents)
+        return latents
+
+    def predicted_clean(self, prediction: torch.Tensor, t: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+        """x0 from the U-Net's prediction at timestep t: ``(x_t - sqrt(1 - a) eps) / sqrt(a)`` (epsilon) or
+        ``sqrt(a) x_t - sqrt(1 - a) v`` (v-prediction), a the training schedule's cumulative alpha at t."""
+        alpha = self.noise_scheduler.alphas_cumprod[int(t)].to(noisy.device, noisy.dtype)
+        if self.hparams.prediction_type == "epsilon":
+            return (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+        return alpha.sqrt() * noisy - (1 - alpha).sqrt() * prediction
 
     def sample_requests(self) -> list | None:
         """The classes/prompts of the logged sample grids: ``sampling.classes``/``prompts`` or the conditioner's defaults."""

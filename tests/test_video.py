@@ -188,7 +188,8 @@ def tiny_video_ldm(**kwargs):
     return VideoLatentDiffusion(**{"input_shape": [4, 1, 8, 8], "unet": TINY_UNET, **kwargs})
 
 
-@pytest.mark.parametrize("conditioning", [pytest.param("none", marks=pytest.mark.slow), "class"])
+@pytest.mark.slow  # 60+ s on 2 cores; the video U-Net's shapes and sampling stay in the trajectory test below
+@pytest.mark.parametrize("conditioning", ["none", "class"])
 def test_space_time_unet_shapes_and_a_few_training_steps_lower_the_loss(conditioning):
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(False)
@@ -231,8 +232,10 @@ def test_joint_training_on_still_images_adds_a_loss_of_single_frames():
         tiny_video_ldm(input_shape=[1, 8, 8])
 
 
-@pytest.mark.parametrize("video", [False, True])
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm"])
+@pytest.mark.parametrize(("video", "sampler"), [
+    (False, "ddim"), (True, "ddim"), (False, "ddpm"), (False, "dpm"),
+    # the space-time U-Net's other samplers: 50+ s each on 2 cores
+    pytest.param(True, "ddpm", marks=pytest.mark.slow), pytest.param(True, "dpm", marks=pytest.mark.slow)])
 def test_the_trajectory_has_one_frame_per_sampler_step_and_ends_at_the_sample(video, sampler):
     from latentbench.models.ldm import LatentDiffusion
 

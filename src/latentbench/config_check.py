@@ -259,6 +259,15 @@ def _base_class(tree: ast.Module, module: str, definition: ast.ClassDef) -> str 
     return full if full and full.startswith("latentbench.") else None
 
 
+def signature_names(target: str) -> list[str]:
+    """The parameter names of ``target``, with those a latentbench class passes on to its base
+    through ``**kwargs`` (what a caller may give it)."""
+    parameters = source_parameters(target) if target.startswith("latentbench.") else None
+    if parameters:
+        return parameters.names
+    return list(inspect.signature(get_object(target)).parameters)
+
+
 def source_parameters(target: str, depth: int = 0) -> Parameters | None | bool:
     """The parameters of latentbench class or function ``target`` (``module.Name``) read from its
     source file; None when they cannot be told (an ``__init__`` inherited from another package),

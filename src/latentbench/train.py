@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentbench.callbacks import BestValidationMetrics
 from latentbench.checkpoints import DurableCheckpointIO, read_checkpoint
-from latentbench.config_check import check_config
+from latentbench.config_check import check_config, signature_names
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
 from latentbench.models.fused import fuse_training_steps
@@ -117,11 +117,7 @@ DATA_ARGUMENTS = ("input_shape", "num_classes", "has_captions")
 
 def data_arguments(model_node: DictConfig, datamodule: pl.LightningDataModule) -> dict[str, Any]:
     """``{"input_shape": [1, 28, 28], "num_classes": 10, ...}``: what the model needs to know about the data."""
-    import inspect
-
-    from hydra.utils import get_object
-
-    params = inspect.signature(get_object(model_node._target_)).parameters
+    params = signature_names(model_node._target_)
     arguments = {}
     for name in DATA_ARGUMENTS:
         if name in params and model_node.get(name) is None and hasattr(datamodule, name):

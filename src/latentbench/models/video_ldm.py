@@ -18,7 +18,7 @@ from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
 from torch import nn
 
 from latentbench.models.base import check_positive, log_training_values
-from latentbench.models.ldm import Conditioning, LatentDiffusion, PredictionType
+from latentbench.models.ldm import LatentDiffusion
 
 DEFAULT_VIDEO_UNET = {"_target_": "latentbench.models.video_ldm.build_video_unet"}
 
@@ -115,31 +115,8 @@ class VideoLatentDiffusion(LatentDiffusion):
     default_unet: dict[str, Any] = DEFAULT_VIDEO_UNET
     returns_codes = False  # a clip's latents are no code for the embedding views
 
-    def __init__(
-        self,
-        input_shape: list[int],
-        conditioning: Conditioning = "none",
-        first_stage: dict | None = None,
-        unet: dict | None = None,
-        noise_scheduler: dict | None = None,
-        prediction_type: PredictionType = "epsilon",
-        text_encoder: dict | None = None,
-        condition_dropout: float = 0.1,
-        ema_decay: float | None = 0.999,
-        latent_std_batches: int = 8,
-        sampling: dict | None = None,
-        still_images: int = 0,
-        still_image_weight: float = 1.0,
-        num_classes: int | None = None,
-        has_captions: bool = False,
-        optimizer: dict | None = None,
-        scheduler: dict | None = None,
-    ):
-        super().__init__(input_shape=input_shape, conditioning=conditioning, first_stage=first_stage, unet=unet,
-                         noise_scheduler=noise_scheduler, prediction_type=prediction_type, text_encoder=text_encoder,
-                         condition_dropout=condition_dropout, ema_decay=ema_decay, latent_std_batches=latent_std_batches,
-                         sampling=sampling, num_classes=num_classes, has_captions=has_captions, optimizer=optimizer,
-                         scheduler=scheduler)
+    def __init__(self, input_shape: list[int], still_images: int = 0, still_image_weight: float = 1.0, **kwargs):
+        super().__init__(input_shape=input_shape, **kwargs)
         if still_images < 0:
             raise ValueError(f"still_images: must be >= 0, got {still_images}")
         if still_images:

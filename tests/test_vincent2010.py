@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -19,10 +22,12 @@ from sklearn.preprocessing import StandardScaler
 from latentbench.api import load
 from latentbench.checkpoints import MODEL_CLASS_KEY, qualified_name
 from latentbench.cli import main as cli_main
+from latentbench.compose import conf_dir
 from latentbench.corruptions import Masking
 from latentbench.errors import ConfigError
 from latentbench.errors import RunInterrupted
 from latentbench.evaluation.embeddings import linear_probe_error
+from latentbench.experiment import main as experiment_main
 from latentbench.models.sdae import StackedDenoisingAutoEncoder
 from latentbench.run_dir import resolve_checkpoint
 from latentbench.models.ae import AutoEncoder
@@ -188,6 +193,35 @@ def test_a_resume_in_the_middle_of_the_layer_schedule_gives_the_uninterrupted_we
     expected = torch.load(stack_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert final.keys() == expected.keys()
     assert [name for name in final if not torch.equal(final[name], expected[name])] == []
+
+
+def test_each_fine_tuning_row_names_the_pretraining_job_of_its_seed_in_the_experiment_folder(tmp_path):
+    """Stage 1's jobs land in pretrain/masking<level>_seed<seed>; stage 2's configs point there through
+    paths.experiment_dir, which `latentbench experiment` gives every run."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        pretrain = compose("train", ["experiment=vincent2010_pretrain", "model.masking=0.25", "seed=2"], return_hydra_config=True)
+    assert OmegaConf.select(pretrain, "hydra.sweep.subdir") == "masking0.25_seed2"
+    for row, expected in (("vincent2010_mlp", None), ("vincent2010_sae3", f"{tmp_path}/pretrain/masking0.0_seed2"),
+                          ("vincent2010_sdae3", f"{tmp_path}/pretrain/masking0.25_seed2")):
+        cfg = make_cfg([f"experiment={row}", f"paths.experiment_dir={tmp_path}", "seed=2"], tmp_path / row)
+        assert cfg.model.pretrained == expected and cfg.model.hidden == [1000, 1000, 1000] and cfg.model.activation == "Sigmoid"
+
+
+def test_every_run_of_an_experiment_gets_the_experiments_folder(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_train(args):
+        calls.append(args)
+        sweep_dir = next(a for a in args if a.startswith("hydra.sweep.dir=")).partition("=")[2]
+        Path(sweep_dir).mkdir(parents=True)
+        return 0
+
+    monkeypatch.setattr("latentbench.launch.run_train", fake_train)
+    monkeypatch.setattr("latentbench.report.main", lambda argv: 0)
+    out = tmp_path / "out"
+    assert experiment_main(["vincent2010", "--quick", "--out", str(out)]) == 0
+    assert [a[a.index("-m") + 1] for a in calls] == [f"paths.experiment_dir={out.resolve()}"] * 2  # pretrain, then table
+    assert "experiment=vincent2010_pretrain" in calls[0] and "experiment=vincent2010_mlp,vincent2010_sae3,vincent2010_sdae3" in calls[1]
 
 
 @needs_mnist

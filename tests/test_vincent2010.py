@@ -224,6 +224,7 @@ def test_every_run_of_an_experiment_gets_the_experiments_folder(tmp_path, monkey
     assert "experiment=vincent2010_pretrain" in calls[0] and "experiment=vincent2010_mlp,vincent2010_sae3,vincent2010_sdae3" in calls[1]
 
 
+@pytest.mark.slow  # 5 runs and 2 reports: 30-50 s on 2 shared CPU cores; the chaining it relies on is checked above
 @needs_mnist
 def test_vincent2010_quick_mode_writes_the_three_rows_with_the_paper_column(tmp_path, capsys):
     """The documented experiment command, quick and tiny: two stacks (SAE, SDAE) pre-trained, then the three

@@ -123,3 +123,19 @@ class FillDiskAtStep(pl.Callback):
                     handle.write(b"\0")
             except OSError:
                 pass
+
+
+class SaveWeightsAtEpochEnd(pl.Callback):
+    """Writes the model's state_dict to ``<run>/weights/start.pt`` at the start of training and to
+    ``<run>/weights/epoch<k>.pt`` at the end of each training epoch ``k``."""
+
+    def _save(self, trainer, pl_module, name: str) -> None:
+        folder = Path(trainer.default_root_dir) / "weights"
+        folder.mkdir(exist_ok=True)
+        torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()}, folder / f"{name}.pt")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module, "start")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module, f"epoch{trainer.current_epoch}")

@@ -8,6 +8,11 @@ experiment's ``quick.overrides`` over every run (same key: the quick value wins)
 path on a slice of the data, for CPUs and tests. Extra overrides on the command line win over both.
 ``<out>/experiment.json`` records the experiment, its mode and the budget overrides, so that a
 report of its runs (also one made later by hand) marks quick-mode tables as such.
+
+Entries run in their order, and a later one may use an earlier one's runs: every run gets
+``paths.experiment_dir=<out>`` (absolute), so a config can name e.g.
+``model.pretrained: ${paths.experiment_dir}/pretrain/masking0.25_seed${seed}``, the run folder of the
+``pretrain`` entry's job whose ``hydra.sweep.subdir`` is ``masking${model.masking}_seed${seed}``.
 """
 
 from __future__ import annotations
@@ -102,7 +107,8 @@ def main(argv: list[str]) -> int:
             continue
         sweep_dir = out / entry
         run_quick = run.get("quick", []) if args.quick else []
-        overrides = merge_overrides(spec.get("common", []), run.get("overrides", []), quick, run_quick, args.overrides)
+        overrides = merge_overrides([f"paths.experiment_dir={out.resolve()}"], spec.get("common", []), run.get("overrides", []), quick,
+                                    run_quick, args.overrides)
         print(f"== {spec.get('name', args.name)}/{entry} ({mode}): latentbench train -m {' '.join(overrides)}", file=sys.stderr)
         code = max(code, run_train(["-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]))
         if not sweep_dir.is_dir():

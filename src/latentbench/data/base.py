@@ -378,6 +378,10 @@ class ImageDataModule(pl.LightningDataModule):
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Every start of a loader draws its workers' base seed; from the global RNG, that draw would shift
+            # the training noise (corruptions, dropout, model=sdae's masking) of a resumed run, which starts
+            # its loaders at other points of the RNG stream than the uninterrupted run did.
+            generator=torch.Generator().manual_seed(batches.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -45,7 +45,7 @@ def test_pad_to_with_flatten_and_odd_margins():
 @pytest.mark.parametrize(
     ("pad_to", "message"),
     [(0, "data.pad_to: must be a positive image side (e.g. 32) or null, got 0"),
-     ("abc", "data.pad_to: must be a positive image side (e.g. 32) or null, got 'abc'"),
+     ("abc", "data.pad_to: expected int or null, got 'abc' (str)"),  # the config checker: a base-class key (through **kwargs)
      (20, "data.pad_to: 20 is smaller than the 28x28 images (padding cannot shrink them; use null or >= 28)")],
 )
 @needs_mnist

@@ -10,6 +10,7 @@ the input, existing paths) live in the constructors themselves and are reported 
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import sys
 import types
@@ -190,6 +191,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 HINT_NAMESPACE = {name: getattr(typing, name) for name in ("Any", "Literal", "Optional", "Union", "Sequence", "Callable", "Mapping")}
 
 
+@functools.lru_cache(maxsize=None)  # a process checks the same few modules again and again (tests, multiruns)
 def _module_tree(module: str) -> ast.Module | None:
     parts = module.split(".")[1:]
     for path in (PACKAGE_DIR.joinpath(*parts).with_suffix(".py"), PACKAGE_DIR.joinpath(*parts, "__init__.py")):
@@ -211,16 +213,19 @@ def _imported_from(tree: ast.Module, module: str, name: str) -> str | None:
     return None
 
 
-def _aliases(tree: ast.Module, module: str, depth: int = 0) -> dict[str, Any]:
+@functools.lru_cache(maxsize=None)
+def _aliases(module: str, depth: int = 0) -> dict[str, Any]:
     """The type aliases a module defines or imports from latentbench (``Loss = Literal["mse", "bce"]``)."""
     names = dict(HINT_NAMESPACE)
+    tree = _module_tree(module)
+    if tree is None:
+        return names
     for statement in tree.body:
         if isinstance(statement, ast.ImportFrom) and depth < 2:
             for alias in statement.names:
                 full = _imported_from(tree, module, alias.asname or alias.name)
-                source = _module_tree(full.rpartition(".")[0]) if full and full.startswith("latentbench.") else None
-                if source is not None:
-                    value = _aliases(source, full.rpartition(".")[0], depth + 1).get(alias.name)
+                if full and full.startswith("latentbench."):
+                    value = _aliases(full.rpartition(".")[0], depth + 1).get(alias.name)
                     if value is not None:
                         names[alias.asname or alias.name] = value
         elif isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name):
@@ -268,6 +273,7 @@ def signature_names(target: str) -> list[str]:
     return list(inspect.signature(get_object(target)).parameters)
 
 
+@functools.lru_cache(maxsize=None)
 def source_parameters(target: str, depth: int = 0) -> Parameters | None | bool:
     """The parameters of latentbench class or function ``target`` (``module.Name``) read from its
     source file; None when they cannot be told (an ``__init__`` inherited from another package),
@@ -280,7 +286,7 @@ def source_parameters(target: str, depth: int = 0) -> Parameters | None | bool:
     if definition is None:
         imported = _imported_from(tree, module, name)
         return source_parameters(imported, depth + 1) if imported else (None if depth else False)
-    aliases = _aliases(tree, module)
+    aliases = _aliases(module)
     if isinstance(definition, ast.FunctionDef):
         return _function_parameters(definition, skip_self=False, aliases=aliases)
     init = next((s for s in definition.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None)

@@ -129,6 +129,14 @@ def check_positive(name: str, value: int | float) -> None:
         raise ValueError(f"{name}: must be positive, got {value}")
 
 
+def checked_shape(input_shape: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of ints; ``ValueError("input_shape: must be positive, ...")`` for a size <= 0."""
+    shape = tuple(int(s) for s in input_shape)
+    for size in shape:
+        check_positive("input_shape", size)
+    return shape
+
+
 def check_code_and_loss(latent_dim: int, input_dim: int, loss: str, output_activation: str) -> None:
     """An autoencoder's code must be smaller than its input, and BCE needs outputs in (0, 1)."""
     check_positive("latent_dim", latent_dim)
@@ -158,9 +166,7 @@ class ReconstructionModel(LatentbenchModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        for size in self.input_shape:
-            check_positive("input_shape", size)
+        self.input_shape = checked_shape(input_shape)
         self.input_dim = int(torch.tensor(self.input_shape).prod())
         image_shaped = len(self.input_shape) == 3
         self.val_metrics = reconstruction_metrics("val/", image_shaped)

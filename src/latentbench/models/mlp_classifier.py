@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric
 
 from latentbench.checkpoints import read_checkpoint
 from latentbench.errors import ConfigError
-from latentbench.models.base import EvalOutput, LatentbenchModule, check_positive, log_training_values, model_input
+from latentbench.models.base import EvalOutput, LatentbenchModule, check_positive, checked_shape, log_training_values, model_input
 from latentbench.models.blocks import activation_layer, mlp
 from latentbench.models.sdae import StackedDenoisingAutoEncoder
 from latentbench.run_dir import resolve_checkpoint
@@ -59,9 +59,7 @@ class MLPClassifier(LatentbenchModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        for size in self.input_shape:
-            check_positive("input_shape", size)
+        self.input_shape = checked_shape(input_shape)
         if num_classes is None or num_classes < 2:
             raise ValueError(f"num_classes: a classifier needs at least 2 classes, got {num_classes} (use labelled data, e.g. data=mnist)")
         if not hidden:

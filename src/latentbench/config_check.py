@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -155,19 +154,24 @@ def _imported_parameters(target: str, key: str) -> Parameters | None:
     return Parameters(list(params), any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()), hints)
 
 
+def target_parameters(target: str, key: str, may_import: bool = True) -> Parameters | None:
+    """The parameters of ``target``: latentbench's read from source (with those its classes pass on
+    to their base through ``**kwargs``), other packages' by importing them (not at all without
+    ``may_import``); None when they cannot be told."""
+    if target.startswith("latentbench."):
+        found = source_parameters(target)
+        if found is False:
+            raise ConfigError(f"{key}._target_: cannot import '{target}' (no such class or function in latentbench)")
+        if found is not None:
+            return found
+    return _imported_parameters(target, key) if may_import else None
+
+
 def _check_target(node: DictConfig, key: str, without_imports: bool = False) -> None:
     target = node["_target_"]
     own_keys = _check_harness_keys(node, key)
-    signature = None
-    if target.startswith("latentbench."):
-        # from source: no import, and the keys a class passes on to its base (**kwargs) are checked too
-        signature = source_parameters(target)
-        if signature is False:
-            raise ConfigError(f"{key}._target_: cannot import '{target}' (no such class or function in latentbench)")
-    elif without_imports and target.rpartition(".")[0] not in sys.modules:
-        return  # another package's class: checked when the job builds its run
-    if signature is None and not without_imports:
-        signature = _imported_parameters(target, key)
+    # without imports: another package's class is checked when the job builds its run
+    signature = target_parameters(target, key, may_import=not without_imports)
     if not signature:
         return
     for name in node.keys():
@@ -264,13 +268,10 @@ def _base_class(tree: ast.Module, module: str, definition: ast.ClassDef) -> str 
     return full if full and full.startswith("latentbench.") else None
 
 
-def signature_names(target: str) -> list[str]:
-    """The parameter names of ``target``, with those a latentbench class passes on to its base
-    through ``**kwargs`` (what a caller may give it)."""
-    parameters = source_parameters(target) if target.startswith("latentbench.") else None
-    if parameters:
-        return parameters.names
-    return list(inspect.signature(get_object(target)).parameters)
+def signature_names(target: str, key: str = "model") -> list[str]:
+    """The parameter names of ``target`` (what a caller may give it; see :func:`target_parameters`)."""
+    parameters = target_parameters(target, key)
+    return parameters.names if parameters else []
 
 
 @functools.lru_cache(maxsize=None)

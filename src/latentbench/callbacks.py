@@ -118,7 +118,26 @@ class ReconstructionGrid(pl.Callback):
             self._log(trainer, batch, outputs, "test/reconstructions")
 
 
-class SampleGrid(pl.Callback):
+class MediaEveryNEpochs(pl.Callback):
+    """Base of callbacks that log ``<stage>/<media_key>`` (``_log``) after every ``every_n_epochs``-th
+    validation and after test (``every_n_epochs`` 0: never)."""
+
+    media_key: str
+    every_n_epochs: int
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, key: str) -> None:
+        raise NotImplementedError
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if validation_due(trainer, self.every_n_epochs):
+            self._log(trainer, pl_module, f"val/{self.media_key}")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if self.every_n_epochs:
+            self._log(trainer, pl_module, f"test/{self.media_key}")
+
+
+class SampleGrid(MediaEveryNEpochs):
     """Every ``every_n_epochs`` validation epochs and at test: the model's fixed-seed sample grid
     (``val/samples``, ``test/samples``), one row per class or prompt of its ``sampling`` defaults.
 
@@ -130,6 +149,8 @@ class SampleGrid(pl.Callback):
     Args:
         every_n_epochs (`int`): validation epochs between grids; 0 never (not at test either).
     """
+
+    media_key = "samples"
 
     def __init__(self, every_n_epochs: int = 1):
         if every_n_epochs < 0:
@@ -160,16 +181,9 @@ class SampleGrid(pl.Callback):
         log_video(trainer.loggers, trainer.default_root_dir, f"{key}_video", clip_video(clips, per_condition), trainer.global_step,
                   caption=caption)
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if validation_due(trainer, self.every_n_epochs):
-            self._log(trainer, pl_module, "val/samples")
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if self.every_n_epochs:
-            self._log(trainer, pl_module, "test/samples")
 
 
-class DenoisingVideo(pl.Callback):
+class DenoisingVideo(MediaEveryNEpochs):
     """The denoising process as a video, for every diffusion model (the Diffusion Explainer's view):
     every ``every_n_epochs`` validation epochs and at test, the decoded prediction of the clean
     sample at each of the sampler's steps, for ``num_samples`` fixed seeds (``sampling.seed + i``) and
@@ -186,6 +200,8 @@ class DenoisingVideo(pl.Callback):
         columns (`int`): steps shown in the picture.
         fps (`int`): frames per second of the video.
     """
+
+    media_key = "denoising"
 
     def __init__(self, every_n_epochs: int = 0, num_samples: int = 2, columns: int = 10, fps: int = 8):
         for name, value, least in (("every_n_epochs", every_n_epochs, 0), ("num_samples", num_samples, 1),
@@ -209,13 +225,6 @@ class DenoisingVideo(pl.Callback):
         log_image(trainer.loggers, trainer.default_root_dir, key, strip, trainer.global_step, caption)
         log_video(trainer.loggers, trainer.default_root_dir, f"{key}_video", video, trainer.global_step, self.fps, caption)
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if validation_due(trainer, self.every_n_epochs):
-            self._log(trainer, pl_module, "val/denoising")
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if self.every_n_epochs:
-            self._log(trainer, pl_module, "test/denoising")
 
 
 class EmbeddingPlot(pl.Callback):

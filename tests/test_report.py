@@ -18,7 +18,7 @@ from PIL import Image
 
 from latentbench.cli import main as cli_main
 from latentbench.curves import history_csv
-from latentbench.report import Run, group_curve, main as report_main
+from latentbench.report import Run, codes_panel_title, group_curve, main as report_main
 from latentbench.train import train
 from tests.conftest import MNIST_ROOT, make_cfg, needs_mnist
 
@@ -210,7 +210,9 @@ def test_hinton2006_quick_mode_writes_its_tables(tmp_path, capsys):
     header = (out / "report" / "table.md").read_text().splitlines()[0]  # the quick budget, command-line overrides included
     assert header.startswith("**Quick mode (latentbench experiment hinton2006 --quick: ") and "data.limit=300" in header
     assert "(quick mode)</title>" in (out / "report" / "codes.html").read_text()
-    assert {r["choices.experiment"] for r in read_csv(out / "report" / "codes.csv")} == {"hinton2006_pca2", "hinton2006_ae2"}
+    codes = {r["choices.experiment"]: r for r in read_csv(out / "report" / "codes.csv")}
+    assert set(codes) == {"hinton2006_pca2", "hinton2006_ae2"}
+    assert all(0.1 < float(r["test/knn_acc mean"]) <= 1 for r in codes.values())  # 2-D codes beat chance
     with Image.open(out / "report" / "codes.png") as image:
         assert image.size[0] > 2 * image.size[1] * 0.9  # two panels side by side
     assert "table: " in capsys.readouterr().out
@@ -337,3 +339,10 @@ def test_training_curves_show_in_headless_chromium(with_curves, tmp_path):
         pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
     for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # both groups' curves are on screen
         assert (np.abs(pixels - colour).sum(axis=1) < 40).sum() > 50, colour
+
+
+def test_codes_panels_are_titled_with_the_knn_accuracy_of_their_codes():
+    """Fig. 3's two panels are compared by the kNN accuracy of their 2-D codes, named in each title."""
+    run = Run("ae2", {"callbacks": {"embedding_plot": {"knn_neighbors": 5}}}, {"test/knn_acc": 0.71234}, "finished")
+    assert codes_panel_title(run, ("hinton2006_ae2",)) == "hinton2006_ae2\n5-NN accuracy 0.712"
+    assert codes_panel_title(Run("pca2", {}, {}, "finished"), ("",)) == "pca2"  # no kNN logged: the name alone

@@ -509,6 +509,17 @@ def plot_against(runs: list[Run], metric: str, against: str, series_keys: list[s
     return path
 
 
+def codes_panel_title(run: Run, keys: tuple) -> str:
+    """A codes panel's title: the group (else the run's name) and, when the run logged it, the kNN
+    accuracy of its codes (``test/knn_acc``), the figure by which Fig. 3's two panels are compared."""
+    title = ", ".join(str(k) for k in keys if k) or run.name
+    knn = run.metrics.get("test/knn_acc")
+    if knn is None:
+        return title
+    k = run.value("callbacks.embedding_plot.knn_neighbors")
+    return f"{title}\n{'k' if k is ABSENT else k}-NN accuracy {float(knn):.3f}"
+
+
 def plot_codes(table: Table, path: Path) -> Path | None:
     """Side-by-side 2-D scatters of the test codes (first finished run of each group that logged them),
     coloured by label, as in Fig. 3 of Hinton & Salakhutdinov (2006)."""
@@ -520,7 +531,7 @@ def plot_codes(table: Table, path: Path) -> Path | None:
     for keys, runs in table.groups:
         run = next((r for r in runs if r.status == "finished" and r.codes is not None), None)
         if run is not None:
-            panels.append((*read_codes(run.codes), ", ".join(k for k in keys if k) or run.name))
+            panels.append((*read_codes(run.codes), codes_panel_title(run, keys)))
     if not panels:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)

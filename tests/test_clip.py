@@ -9,9 +9,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from latentbench.checkpoints import ModelClassInCheckpoint
 from latentbench.data.shapes import COLOURS, SHAPES, SIZES, ShapesDataModule
 from latentbench.errors import ConfigError
 from latentbench.evaluation.clip_score import CLIPScore, zero_shot_accuracy
+from latentbench.evaluation.fid import make_fid
 from latentbench.models.clip import CLIPModel
 from latentbench.models.clip_inference import image_features, load_clip, text_features
 from latentbench.train import train
@@ -37,7 +39,7 @@ def trained(tmp_path_factory):
     data = ShapesDataModule(num_train=640, num_val=64, num_test=256, image_size=32, batch_size=32, label_by="background")
     model = CLIPModel(model_cfg=TINY, input_shape=[3, 32, 32], has_captions=True,
                       optimizer={"_target_": "torch.optim.AdamW", "lr": 3e-3, "weight_decay": 0.0})
-    trainer = pl.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[ModelClassInCheckpoint()],
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     checkpoint = tmp_path_factory.mktemp("clip") / "clip.ckpt"
@@ -161,3 +163,17 @@ def test_clip_on_shapes_with_default_callbacks_logs_knn_accuracy_of_image_embedd
     metrics = train(cfg)
     assert metrics["status"] == "finished"
     assert 0.0 <= metrics["test/knn_acc"] <= 1.0
+
+
+def test_clip_image_embeddings_are_a_domain_fid_feature_space_for_colour(trained):
+    """metrics.fid.checkpoint may name a model=clip run (colour images without labels, e.g. for the
+    colorizers): greyed images lie far from real ones in its image embedding, two real halves close."""
+    fid = make_fid("domain", checkpoint=str(trained["checkpoint"]))
+    assert fid.image_shape == (3, 32, 32) and not fid.extractor.classifies
+    images = trained["images"][:128]
+    grey = images.mean(dim=1, keepdim=True).expand_as(images)
+    fid.update(images[:64], images[64:])
+    real_vs_real = fid.compute()["fid_domain"]
+    fid.reset()
+    fid.update(images[:64], grey[64:])
+    assert fid.compute()["fid_domain"] > 3 * real_vs_real

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from kornia.color import rgb_to_lab, rgb_to_ycbcr
+from kornia.color import rgb_to_grayscale, rgb_to_lab, rgb_to_ycbcr
 
 from latentbench.corruptions import Grayscale
 from latentbench.data.images import ImagesDataModule
@@ -131,3 +131,36 @@ def test_cli_colorizer_logs_grey_output_original_grids(cfg_factory, tmp_path):
     assert (top[..., 0] == top[..., 1]).all() and (top[..., 1] == top[..., 2]).all()
     bottom = grid[67:99, 1:33].astype(int)
     assert np.abs(bottom[..., 0] - bottom[..., 2]).mean() > 1
+
+
+@needs_coco
+def test_report_side_by_side_puts_each_colorizer_beside_grey_input_and_original(tmp_path):
+    """The lecture's figure: grey | one column per model | original, the same test images for every model."""
+    from PIL import Image
+
+    from latentbench.comparison import first_test_batch, model_outputs
+    from latentbench.report import main as report_main
+    from tests.conftest import FAST, run_cli
+
+    root = tmp_path / "runs"
+    for space in ("rgb", "lab"):  # as a user makes them: the CLI records each run's overrides
+        done = run_cli("train", *FAST, "model=colorizer", f"model.color_space={space}", "model.channels=[8,16]", "data=images",
+                       f"data.root={COCO_MINI}", "data.image_size=16", "trainer.max_steps=3", "callbacks=none",
+                       f"hydra.run.dir={root / space}")
+        assert done.returncode == 0, done.stderr[-2000:]
+    batch, shape = first_test_batch(root / "rgb", 4)
+    assert shape == (3, 16, 16) and batch["image"].shape == (4, 3, 16, 16) and batch["input"].shape == (4, 1, 16, 16)  # grey in
+    assert torch.equal(first_test_batch(root / "lab", 4)[0]["image"], batch["image"])  # the same test images
+    rgb, lab = (model_outputs(root / space, batch["input"], shape) for space in ("rgb", "lab"))
+    assert rgb.shape == lab.shape == (4, 3, 16, 16) and not torch.allclose(rgb, lab)
+    # the merge model keeps the grey image's luminance: its output turned grey is the input
+    assert torch.allclose(rgb_to_grayscale(lab), batch["input"], atol=0.02)
+    assert not torch.allclose(rgb_to_grayscale(rgb), batch["input"], atol=0.02)  # the vanilla model must learn it
+
+    out = tmp_path / "report"
+    assert report_main([str(root), "--group-by", "model.color_space", "--metrics", "test/psnr", "--side-by-side", "4",
+                        "--format", "md", "--out", str(out)]) == 0
+    with Image.open(out / "side_by_side.png") as figure:
+        assert figure.size == (4 * 160, 4 * 160)  # input, lab, rgb, original; four images down
+    with pytest.raises(ConfigError, match=r"^report --side-by-side: expected a positive number of images, got 0$"):
+        report_main([str(root), "--side-by-side", "0", "--format", "md", "--out", str(out)])

@@ -129,7 +129,7 @@ def test_bad_classifier_checkpoints_are_one_line(tmp_path, classifier_ckpt):
     other = tmp_path / "ae.ckpt"
     torch.save({"hyper_parameters": dict(AutoEncoder(input_shape=[1, 8, 8]).hparams), "state_dict": {},
                 MODEL_CLASS_KEY: "latentbench.models.ae.AutoEncoder"}, other)
-    with pytest.raises(ConfigError, match=r"ae.ckpt holds a latentbench.models.ae.AutoEncoder checkpoint, expected latentbench.models.classifier.ImageClassifier$"):
+    with pytest.raises(ConfigError, match=r"ae.ckpt holds a latentbench.models.ae.AutoEncoder checkpoint, expected latentbench.models.classifier.ImageClassifier, latentbench.models.clip.CLIPModel$"):
         make_fid("domain", checkpoint=str(other))
 
 
@@ -214,7 +214,7 @@ def test_fid_config_is_checked_before_training(cfg_factory, overrides, message):
 
 @needs_mnist
 def test_domain_classifier_must_match_the_data(cfg_factory, classifier_ckpt):
-    with pytest.raises(ConfigError, match=r"^metrics.fid.checkpoint: the classifier takes images of shape \(1, 8, 8\), this run's data gives \(1, 28, 28\)"):
+    with pytest.raises(ConfigError, match=r"^metrics.fid.checkpoint: the feature model takes images of shape \(1, 8, 8\), this run's data gives \(1, 28, 28\)"):
         build_run(cfg_factory("model=ae", *MNIST_SLICE, f"metrics.fid.checkpoint={classifier_ckpt}"))
 
 

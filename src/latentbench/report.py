@@ -539,6 +539,24 @@ def plot_codes(table: Table, path: Path) -> Path | None:
     return path
 
 
+def compare_groups(table: Table, count: int, path: Path) -> Path:
+    """The side-by-side figure (:mod:`latentbench.comparison`) of each group's first finished local run,
+    the columns in job order (``model.color_space=rgb,ycbcr,lab`` stays in that order; job 10 after 9)."""
+    from latentbench.comparison import compare_runs
+
+    def job_order(path: Path) -> list:
+        return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.as_posix())]
+
+    columns = []
+    for keys, members in table.groups:
+        run = next((r for r in members if r.status == "finished" and r.path is not None), None)
+        if run is not None:
+            columns.append((job_order(run.path), ", ".join(str(k) for k in keys if k) or run.name, run.path))
+    if not columns:
+        raise ConfigError("report --side-by-side: no finished local run to take a model from")
+    return compare_runs([(title, run_path) for _, title, run_path in sorted(columns)], count, path)
+
+
 def load_histories(runs: list[Run]) -> list[str]:
     """Read each local run's logged history (``run.history``); lines for the ones that cannot be read."""
     from latentbench.curves import read_history
@@ -714,6 +732,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", nargs="*", default=[], metavar="METRIC", help="plot these metrics against --against (PNG)")
     p.add_argument("--against", metavar="KEY", help="the swept config key on the x axis of --plot")
     p.add_argument("--codes", action="store_true", help="a side-by-side scatter of each group's 2-D test codes (codes.png)")
+    p.add_argument("--side-by-side", type=int, metavar="N",
+                   help="the first N test images through each group's first finished run (its tested checkpoint): "
+                        "input | one column per group | original (side_by_side.png; local runs)")
     p.add_argument("--format", nargs="+", metavar="FORMAT",
                    help=f"what to write, comma- or space-separated: {','.join(FORMATS)} (default: all of them)")
     p.add_argument("--curves", nargs="*", metavar="METRIC",
@@ -769,6 +790,9 @@ def make_report(args: argparse.Namespace) -> dict[str, Path]:
             raise ConfigError("report --codes: no finished run logged test codes (tables/test_embedding_table.csv)")
         figures.append(codes)
         written["codes"] = codes
+    if args.side_by_side is not None:
+        figures.append(compare_groups(table, args.side_by_side, out / "side_by_side.png"))
+        written["side_by_side"] = figures[-1]
     failures = failure_lines(table)
     if unreadable:
         failures.append(f"{len(unreadable)} unreadable run{'s' if len(unreadable) > 1 else ''} left out of the table")

@@ -6,8 +6,10 @@ Two feature extractors, whose numbers are **not comparable** with each other:
   Its weights are downloaded when online, or read from a local file (``weights_path``, a plain
   state dict such as torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``). Grey images
   are repeated to 3 channels; the network resizes every image to 299x299 itself.
-- ``domain``: the penultimate layer of a ``model=classifier`` checkpoint trained by this project
-  (e.g. on MNIST), which works offline. Images are given in the classifier's training shape.
+- ``domain``: a feature space trained by this project, which works offline: the penultimate layer
+  of a ``model=classifier`` checkpoint (e.g. on MNIST), or the image embedding of a ``model=clip``
+  checkpoint (colour images with captions but no class labels, e.g. coco-mini). Images are given in
+  the model's training shape; the class accuracy of samples needs a classifier.
 
 The public API, for reconstruction FID (real vs reconstructed) and sample FID (real vs generated)::
 
@@ -81,9 +83,11 @@ class InceptionFeatures(nn.Module):
 
 
 class DomainFeatures(nn.Module):
-    """A trained classifier's penultimate layer: ``(B, *input_shape)`` in [0, 1] -> ``(B, feature_dim)``.
+    """A trained model's ``features``: ``(B, *input_shape)`` in [0, 1] -> ``(B, feature_dim)``; a
+    classifier's penultimate layer or CLIP's image embedding.
 
-    Always in eval mode and without gradients; ``num_features`` tells torchmetrics the width.
+    Always in eval mode and without gradients; ``num_features`` tells torchmetrics the width;
+    ``classifies`` whether :meth:`predict` can name classes (a classifier, not CLIP).
     """
 
     def __init__(self, classifier: nn.Module):
@@ -91,6 +95,7 @@ class DomainFeatures(nn.Module):
         self.classifier = classifier.eval().requires_grad_(False)
         self.num_features = int(classifier.feature_dim)
         self.input_shape = tuple(classifier.input_shape)
+        self.classifies = hasattr(classifier, "num_classes")
 
     def train(self, mode: bool = True) -> DomainFeatures:
         return super().train(False)
@@ -116,20 +121,28 @@ def load_state_dict_file(path: str, key: str) -> dict:
 
 
 def load_classifier(checkpoint: str, key: str = "metrics.fid.checkpoint") -> nn.Module:
-    """The :class:`~latentbench.models.classifier.ImageClassifier` saved in a ``model=classifier`` checkpoint.
+    """The feature model saved in a ``model=classifier`` (:class:`~latentbench.models.classifier.ImageClassifier`)
+    or ``model=clip`` (:class:`~latentbench.models.clip.CLIPModel`) checkpoint.
 
     Read by :func:`latentbench.checkpoints.read_checkpoint` (``weights_only=True``): a missing or
     truncated file, or a checkpoint of another model, is a one-line :class:`ConfigError` naming ``key``.
     """
-    from latentbench.checkpoints import read_checkpoint
-    from latentbench.models.classifier import ImageClassifier
+    from hydra.utils import get_class
 
-    state = read_checkpoint(checkpoint, key, expected=ImageClassifier)
+    from latentbench.checkpoints import MODEL_CLASS_KEY, read_checkpoint
+    from latentbench.models.classifier import ImageClassifier
+    from latentbench.models.clip import CLIPModel
+
+    state = read_checkpoint(checkpoint, key, expected=(ImageClassifier, CLIPModel))
+    cls = get_class(state[MODEL_CLASS_KEY])
+    name = "model=classifier" if issubclass(cls, ImageClassifier) else "model=clip"
     try:
-        model = ImageClassifier(**state.get("hyper_parameters", {}))
+        model = cls(**state.get("hyper_parameters", {}))
         model.load_state_dict(state["state_dict"])
     except (TypeError, ValueError, RuntimeError) as error:
-        raise ConfigError(f"{key}: {checkpoint} does not match model=classifier ({first_line(error)[:160]})") from None
+        raise ConfigError(f"{key}: {checkpoint} does not match {name} ({first_line(error)[:160]})") from None
+    if model.input_shape is None:
+        raise ConfigError(f"{key}: {checkpoint} does not record the image shape it was trained on (input_shape)")
     return model.eval()
 
 
@@ -224,8 +237,8 @@ def make_fid(
 
     Args:
         features: ``inception`` (``weights_path`` or download) or ``domain`` (``checkpoint`` of a
-            ``model=classifier`` run).
-        checkpoint: the classifier checkpoint, required for ``domain``.
+            ``model=classifier`` or ``model=clip`` run).
+        checkpoint: the classifier or CLIP checkpoint, required for ``domain``.
         weights_path: a local InceptionV3 state dict for ``inception``; None downloads it.
         kid: also compute KID.
         kid_subset_size: KID subset size (clipped to the number of images).
@@ -236,7 +249,7 @@ def make_fid(
     """
     if features == "domain":
         if not checkpoint:
-            raise ConfigError(f"{key}.checkpoint: required when features=domain (a model=classifier run's .ckpt)")
+            raise ConfigError(f"{key}.checkpoint: required when features=domain (a model=classifier or model=clip run's .ckpt)")
         classifier = load_classifier(checkpoint, f"{key}.checkpoint")
         return FIDEvaluator(DomainFeatures(classifier), "domain", kid, kid_subset_size, image_shape=tuple(classifier.input_shape))
     if features == "inception":
@@ -334,7 +347,8 @@ class FID(pl.Callback):
         all generated frames, and the share of generated frames put in their clip's class.
         """
         real = torch.cat(self.real)
-        classifier = self.evaluator.extractor if isinstance(self.evaluator.extractor, DomainFeatures) else None
+        extractor = self.evaluator.extractor
+        classifier = extractor if isinstance(extractor, DomainFeatures) and extractor.classifies else None
         by_class = self.requests is not None and all(isinstance(r, int) for r in self.requests)
         correct, judged = 0, 0
         for start in range(0, len(real), self.sample_batch_size):
@@ -428,7 +442,7 @@ def fid_callback(
     if not isinstance(kid, bool):
         raise ConfigError(f"{KEY}.kid: expected true or false, got {kid!r}")
     if features == "domain" and not checkpoint:
-        raise ConfigError(f"{KEY}.checkpoint: required when features=domain (the .ckpt of a model=classifier run)")
+        raise ConfigError(f"{KEY}.checkpoint: required when features=domain (the .ckpt of a model=classifier or model=clip run)")
     for name, path in (("checkpoint", checkpoint), ("weights_path", weights_path)):
         if path and not Path(path).exists():
             raise ConfigError(f"{KEY}.{name}: {path} does not exist")
@@ -439,8 +453,8 @@ def fid_callback(
     if image_shape is not None and evaluator.image_shape is not None:
         needed, have = int(torch.tensor(evaluator.image_shape).prod()), int(torch.tensor(image_shape).prod())
         if needed != have:
-            raise ConfigError(f"{KEY}.checkpoint: the classifier takes images of shape {tuple(evaluator.image_shape)}, "
-                              f"this run's data gives {tuple(image_shape)} (train a classifier on the same data)")
+            raise ConfigError(f"{KEY}.checkpoint: the feature model takes images of shape {tuple(evaluator.image_shape)}, "
+                              f"this run's data gives {tuple(image_shape)} (train it on the same data)")
     log.info("%s: %s features on %d images (%s)%s", KEY, features, num_images, images,
              f", every {every_n_val_epochs} validation epochs" if every_n_val_epochs else " at test")
     return FID(evaluator, num_images, every_n_val_epochs, images, sample_batch_size)

@@ -130,6 +130,21 @@ class CLIPModel(LatentbenchModule):
         embedding views and the kNN accuracy use, as for the autoencoders."""
         return image_features(self.model, images)
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The image embeddings as a feature space (domain FID/KID of colour images without class
+        labels): ``(B, C, H, W)`` in [0, 1] -> unit-norm ``(B, feature_dim)``."""
+        return self.encode(images)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """``(C, H, W)`` of the images the model was trained on (None before the data filled it in)."""
+        shape = self.hparams.get("input_shape")
+        return None if shape is None else tuple(shape)
+
     def encode_pair(self, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-norm ``(B, D)`` image and text embeddings of images in [0, 1] and their captions."""
         return image_features(self.model, images), text_features(self.model, self.tokenizer, captions)

@@ -132,8 +132,9 @@ class CLIPModel(LatentbenchModule):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The image embeddings as a feature space (domain FID/KID of colour images without class
-        labels): ``(B, C, H, W)`` in [0, 1] -> unit-norm ``(B, feature_dim)``."""
-        return self.encode(images)
+        labels): ``(B, C, H, W)`` in [0, 1] -> ``(B, feature_dim)``, before the unit normalisation (as
+        CLIP-FID takes them: on the unit sphere every distance, and so the FID, would be squeezed below 4)."""
+        return image_features(self.model, images, normalize=False)
 
     @property
     def feature_dim(self) -> int:

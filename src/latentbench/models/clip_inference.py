@@ -52,9 +52,9 @@ def preprocess_images(model: open_clip.CLIP, images: torch.Tensor) -> torch.Tens
     return (images - mean[:, None, None].to(images.dtype)) / std[:, None, None].to(images.dtype)
 
 
-def image_features(model: open_clip.CLIP, images: torch.Tensor) -> torch.Tensor:
-    """Unit-norm image embeddings ``(B, embed_dim)`` of images ``(B, C, H, W)`` in [0, 1]."""
-    return model.encode_image(preprocess_images(model, images), normalize=True)
+def image_features(model: open_clip.CLIP, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Image embeddings ``(B, embed_dim)`` of images ``(B, C, H, W)`` in [0, 1]; unit-norm unless ``normalize=False``."""
+    return model.encode_image(preprocess_images(model, images), normalize=normalize)
 
 
 def text_features(model: open_clip.CLIP, tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:

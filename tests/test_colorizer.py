@@ -164,3 +164,24 @@ def test_report_side_by_side_puts_each_colorizer_beside_grey_input_and_original(
         assert figure.size == (4 * 160, 4 * 160)  # input, lab, rgb, original; four images down
     with pytest.raises(ConfigError, match=r"^report --side-by-side: expected a positive number of images, got 0$"):
         report_main([str(root), "--side-by-side", "0", "--format", "md", "--out", str(out)])
+
+
+@pytest.mark.slow  # ~40 s: a CLIP and three colorizers
+@needs_coco
+def test_colorization_experiment_quick_mode_writes_table_with_fid_and_the_lecture_figure(tmp_path):
+    import csv
+
+    from PIL import Image
+
+    from latentbench.cli import main as cli_main
+
+    out = tmp_path / "colorization"
+    assert cli_main(["experiment", "colorization", "--quick", "--out", str(out), f"paths.data_dir={SHARED_DATA}"]) == 0
+    assert (out / "features" / "clip" / "metrics.json").is_file()  # where metrics.fid.checkpoint finds it
+    with (out / "report" / "table.csv").open() as handle:
+        rows = {r["model.color_space"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"rgb", "ycbcr", "lab"}
+    for row in rows.values():
+        assert float(row["test/fid_domain mean"]) > 0 and 10 < float(row["test/psnr mean"]) < 40
+    with Image.open(out / "report" / "side_by_side.png") as figure:
+        assert figure.size == (5 * 160, 8 * 160)  # grey | rgb | ycbcr | lab | original, 8 test images

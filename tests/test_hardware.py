@@ -194,3 +194,24 @@ def test_adam_runs_fused_on_cuda_only_unless_its_config_says_so(monkeypatch):
     base.optimizer_and_scheduler({**adam, "fused": False}, None, params)
     base.optimizer_and_scheduler({"_target_": "torch.optim.SGD", "lr": 0.1}, None, params)
     assert [cfg.get("fused") for cfg in built] == [True, False, None]
+
+
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_of_in_one_line(tmp_path, monkeypatch, caplog):
+    """On an AVX2-only CPU bf16 autocast runs matrix products ~50x slower than float32: say so before training."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    import latentbench.train as train_module
+    from tests.conftest import make_cfg
+
+    try:
+        bf16 = make_cfg(["trainer=cpu", "precision=bf16-mixed"], tmp_path)
+        fp32 = make_cfg(["trainer=cpu"], tmp_path)
+    finally:
+        GlobalHydra.instance().clear()
+    for native, cfg, warned in ((False, bf16, True), (True, bf16, False), (False, fp32, False)):
+        monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda native=native: native)
+        caplog.clear()
+        train_module.warn_of_emulated_bf16(cfg)
+        lines = [r.getMessage() for r in caplog.records if "bfloat16" in r.getMessage()]
+        assert lines == (["precision=bf16-mixed: this CPU has no native bfloat16 (AVX512-BF16/AMX), so its matrix products "
+                          "are emulated, ~50x slower than precision=32-true (or precision=auto)"] if warned else [])

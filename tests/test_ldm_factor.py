@@ -20,20 +20,21 @@ def write_log(run, rows: list[dict]) -> None:
     folder = run / "csv" / "version_0"
     folder.mkdir(parents=True)
     with (folder / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["epoch", "step", "train/loss", "val/sample_fid_domain"])
+        writer = csv.DictWriter(handle, fieldnames=["epoch", "step", "train/loss", "val/sample_fid_domain", "val/sample_class_acc"])
         writer.writeheader()
         writer.writerows(rows)
 
 
-def test_curves_of_a_metric_against_steps(tmp_path):
+def test_curves_of_metrics_against_steps(tmp_path):
     sweep = tmp_path / "ldm"
-    write_log(sweep / "f1", [{"epoch": 0, "step": 3, "train/loss": 0.5}, {"epoch": 0, "step": 3, "val/sample_fid_domain": 40.0},
-                             {"epoch": 1, "step": 7, "val/sample_fid_domain": 30.5}])
+    write_log(sweep / "f1", [{"epoch": 0, "step": 3, "train/loss": 0.5},
+                             {"epoch": 0, "step": 3, "val/sample_fid_domain": 40.0, "val/sample_class_acc": 0.25},
+                             {"epoch": 1, "step": 7, "val/sample_fid_domain": 30.5, "val/sample_class_acc": 0.5}])
     write_log(sweep / "f4", [{"epoch": 0, "step": 3, "val/sample_fid_domain": 20.25}])
     (sweep / "f4" / "notes").mkdir()
     assert read_curve(sweep / "f1", "val/sample_fid_domain") == [(3, 40.0), (7, 30.5)]
     curves = write_curves(sweep, "val/sample_fid_domain", tmp_path / "report", "ldm", "a title")
-    assert curves == {"f1": [(3, 40.0), (7, 30.5)], "f4": [(3, 20.25)]}
+    assert curves == {"val/sample_fid_domain": {"f1": [(3, 40.0), (7, 30.5)], "f4": [(3, 20.25)]}}
     rows = list(csv.reader((tmp_path / "report" / "ldm_curves.csv").open()))
     assert rows == [["run", "step", "val/sample_fid_domain"], ["f1", "3", "40.0"], ["f1", "7", "30.5"], ["f4", "3", "20.25"]]
     table = (tmp_path / "report" / "ldm_curves.md").read_text()
@@ -41,6 +42,13 @@ def test_curves_of_a_metric_against_steps(tmp_path):
     assert (tmp_path / "report" / "ldm_curves.png").stat().st_size > 1000
     with pytest.raises(ConfigError, match=r"^curves: no run under .* logged val/other to CSV"):
         write_curves(sweep, "val/other", tmp_path / "report", "ldm")
+    # Fig. 6's two panels: FID and class accuracy of samples, one CSV column and one table each
+    write_curves(sweep, ["val/sample_fid_domain", "val/sample_class_acc"], tmp_path / "both", "ldm")
+    rows = list(csv.reader((tmp_path / "both" / "ldm_curves.csv").open()))
+    assert rows == [["run", "step", "val/sample_fid_domain", "val/sample_class_acc"], ["f1", "3", "40.0", "0.25"],
+                    ["f1", "7", "30.5", "0.5"], ["f4", "3", "20.25", ""]]
+    tables = (tmp_path / "both" / "ldm_curves.md").read_text()
+    assert "val/sample_class_acc against training steps" in tables and "| 7 | 0.500 |" in tables
 
 
 @pytest.mark.slow
@@ -55,6 +63,8 @@ def test_quick_experiment_writes_fid_against_steps_per_factor(tmp_path):
     for factor in ("f1", "f4"):
         values = [float(row["val/sample_fid_domain"]) for row in rows if row["run"] == factor]
         assert len(values) == 3 and np.isfinite(values).all() and min(values) > 0  # one per LDM epoch
+        accuracy = [float(row["val/sample_class_acc"]) for row in rows if row["run"] == factor]
+        assert len(accuracy) == 3 and all(0 <= a <= 1 for a in accuracy)
     assert "test/sample_fid_domain" in (tmp_path / "report" / "ldm.md").read_text()
 
 

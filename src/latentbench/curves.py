@@ -88,38 +88,52 @@ def read_curve(run: Path, metric: str) -> list[tuple[int, float]]:
     return [(int(step), float(value)) for step, value in curve(read_history(run), metric).items()]
 
 
-def write_curves(sweep_dir: Path, metric: str, out: Path, name: str, title: str = "") -> dict[str, list[tuple[int, float]]]:
-    """Collect ``metric`` against steps for every run under ``sweep_dir`` (labelled by its folder name) and write them."""
-    curves = {run.name: read_curve(run, metric) for run in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir())}
-    curves = {label: points for label, points in curves.items() if points}
-    if not curves:
-        raise ConfigError(f"curves: no run under {sweep_dir} logged {metric} to CSV (history.csv, or the CSV logger's metrics.csv)")
+def write_curves(sweep_dir: Path, metrics: str | list[str], out: Path, name: str,
+                 title: str = "") -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Collect each of ``metrics`` against steps for every run under ``sweep_dir`` (labelled by its
+    folder name) and write ``<name>_curves.{csv,md,png}``: one CSV column, one Markdown table and one
+    figure panel per metric (Fig. 6 of Rombach et al. 2022: sample FID and class accuracy against steps).
+    Returns ``{metric: {run label: [(step, value), ...]}}``."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    runs = sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir())
+    curves = {}
+    for metric in metrics:
+        found = {run.name: read_curve(run, metric) for run in runs}
+        curves[metric] = {label: points for label, points in found.items() if points}
+        if not curves[metric]:
+            raise ConfigError(f"curves: no run under {sweep_dir} logged {metric} to CSV (history.csv, or the CSV logger's metrics.csv)")
     out.mkdir(parents=True, exist_ok=True)
+    keys = sorted({(label, step) for by_run in curves.values() for label, points in by_run.items() for step, _ in points},
+                  key=lambda key: ([r.name for r in runs].index(key[0]), key[1]))
     with (out / f"{name}_curves.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["run", "step", metric])
-        writer.writerows([label, step, value] for label, points in curves.items() for step, value in points)
-    steps = sorted({step for points in curves.values() for step, _ in points})
-    labels = list(curves)
-    lines = [f"{metric} against training steps" + (f": {title}" if title else ""), "",
-             "| step | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
-    for step in steps:
-        values = [dict(curves[label]).get(step) for label in labels]
-        lines.append(f"| {step} | " + " | ".join("" if v is None else f"{v:.3f}" for v in values) + " |")
-    (out / f"{name}_curves.md").write_text("\n".join(lines) + "\n")
+        writer.writerow(["run", "step", *metrics])
+        for label, step in keys:
+            writer.writerow([label, step, *(dict(curves[m].get(label, [])).get(step, "") for m in metrics)])
+    lines = []
+    for metric in metrics:
+        labels = list(curves[metric])
+        lines += [f"{metric} against training steps" + (f": {title}" if title else ""), "",
+                  "| step | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
+        for step in sorted({step for points in curves[metric].values() for step, _ in points}):
+            values = [dict(curves[metric][label]).get(step) for label in labels]
+            lines.append(f"| {step} | " + " | ".join("" if v is None else f"{v:.3f}" for v in values) + " |")
+        lines.append("")
+    (out / f"{name}_curves.md").write_text("\n".join(lines))
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(5, 3.5))
-    for label, points in curves.items():
-        axes.plot([s for s, _ in points], [v for _, v in points], marker="o", label=label)
-    axes.set_xlabel("training steps")
-    axes.set_ylabel(metric)
-    axes.set_title(title or metric, fontsize=9)
-    axes.legend()
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        for label, points in curves[metric].items():
+            axis.plot([s for s, _ in points], [v for _, v in points], marker="o", label=label)
+        axis.set_xlabel("training steps")
+        axis.set_ylabel(metric)
+        axis.set_title(title or metric, fontsize=9)
+        axis.legend()
     figure.tight_layout()
     figure.savefig(out / f"{name}_curves.png", dpi=120)
     plt.close(figure)

@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
         if run.get("curves"):  # a metric against training steps, one line per run (latentbench.curves)
             from latentbench.curves import write_curves
 
-            write_curves(sweep_dir, run["curves"]["metric"], out / "report", entry, run["curves"].get("title", ""))
+            write_curves(sweep_dir, run["curves"]["metrics"], out / "report", entry, run["curves"].get("title", ""))
             written.append(out / "report" / f"{entry}_curves.md")
     print("\n".join(f"table: {path}" for path in written))
     return code

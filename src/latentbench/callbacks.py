@@ -234,7 +234,7 @@ class EmbeddingPlot(pl.Callback):
     Logs ``test/embedding`` (PCA, or the codes themselves when they are 2-D), ``test/embedding_tsne``
     and ``test/embedding_umap`` (when umap-learn is installed) as images; ``test/embedding_table``
     (label, 2-D PCA view, codes); ``test/embedding_projector`` (label, thumbnail, codes: W&B's
-    embedding projector, or CSV + PNG thumbnails without W&B); and the metrics ``test/knn_acc``
+    embedding projector, or CSV + PNG thumbnails without W&B); and, for data with classes, the metrics ``test/knn_acc``
     (k-NN fitted on up to ``knn_train_points`` train codes, scored on the test codes) and
     ``test/knn_acc_2d`` (the same on the first two principal components of the codes); with
     ``linear_probe``, ``test/probe_err``: the test error in % of a linear probe (standardised codes,
@@ -322,8 +322,9 @@ class EmbeddingPlot(pl.Callback):
         if (self.score_test_points or self.score_inputs == "image") and "test" in splits:
             codes, labels, _ = encode_split(pl_module, splits["test"], self.score_test_points or len(codes), key=self.score_inputs)
         pl_module.train(was_training)
-        if self.knn_neighbors:
-            knn_codes, knn_labels = train_codes[: self.knn_train_points], train_labels[: self.knn_train_points]
+        knn_labels = train_labels[: self.knn_train_points]
+        if self.knn_neighbors and len(np.unique(knn_labels)) > 1:  # data without classes (labels all 0): nothing to score
+            knn_codes = train_codes[: self.knn_train_points]
             pl_module.log("test/knn_acc", knn_accuracy(knn_codes, knn_labels, codes, labels, self.knn_neighbors), sync_dist=True)
             train_2d, test_2d = pca_2d(knn_codes, codes)
             pl_module.log("test/knn_acc_2d", knn_accuracy(train_2d, knn_labels, test_2d, labels, self.knn_neighbors), sync_dist=True)

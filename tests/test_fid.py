@@ -35,7 +35,7 @@ from scipy import linalg
 from sklearn.datasets import load_digits
 
 from latentbench.errors import ConfigError
-from latentbench.evaluation.fid import DomainFeatures, InceptionFeatures, load_classifier, make_fid
+from latentbench.evaluation.fid import DomainFeatures, InceptionFeatures, load_domain_model, make_fid
 
 
 def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +101,7 @@ def test_torchmetrics_fid_matches_scipy_reference(classifier_ckpt):
     real, fake = images[:600], images[600:1200].flip(-1)  # other digits, mirrored
     fid = make_fid("domain", checkpoint=classifier_ckpt)
     fid.update(real, fake)
-    extractor = DomainFeatures(load_classifier(classifier_ckpt))
+    extractor = DomainFeatures(load_domain_model(classifier_ckpt))
     with torch.no_grad():
         expected = reference_frechet(extractor(real).double().numpy(), extractor(fake).double().numpy())
     assert expected > 0.1  # clearly different sets

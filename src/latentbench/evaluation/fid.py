@@ -90,12 +90,12 @@ class DomainFeatures(nn.Module):
     ``classifies`` whether :meth:`predict` can name classes (a classifier, not CLIP).
     """
 
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.classifier = classifier.eval().requires_grad_(False)
-        self.num_features = int(classifier.feature_dim)
-        self.input_shape = tuple(classifier.input_shape)
-        self.classifies = hasattr(classifier, "num_classes")
+        self.classifier = model.eval().requires_grad_(False)
+        self.num_features = int(model.feature_dim)
+        self.input_shape = tuple(model.input_shape)
+        self.classifies = hasattr(model, "num_classes")
 
     def train(self, mode: bool = True) -> DomainFeatures:
         return super().train(False)
@@ -120,7 +120,7 @@ def load_state_dict_file(path: str, key: str) -> dict:
         raise ConfigError(f"{key}: cannot read {path} as a torch checkpoint ({type(error).__name__}: {first_line(error)[:160]})") from None
 
 
-def load_classifier(checkpoint: str, key: str = "metrics.fid.checkpoint") -> nn.Module:
+def load_domain_model(checkpoint: str, key: str = "metrics.fid.checkpoint") -> nn.Module:
     """The feature model saved in a ``model=classifier`` (:class:`~latentbench.models.classifier.ImageClassifier`)
     or ``model=clip`` (:class:`~latentbench.models.clip.CLIPModel`) checkpoint.
 
@@ -250,8 +250,8 @@ def make_fid(
     if features == "domain":
         if not checkpoint:
             raise ConfigError(f"{key}.checkpoint: required when features=domain (a model=classifier or model=clip run's .ckpt)")
-        classifier = load_classifier(checkpoint, f"{key}.checkpoint")
-        return FIDEvaluator(DomainFeatures(classifier), "domain", kid, kid_subset_size, image_shape=tuple(classifier.input_shape))
+        model = load_domain_model(checkpoint, f"{key}.checkpoint")
+        return FIDEvaluator(DomainFeatures(model), "domain", kid, kid_subset_size, image_shape=tuple(model.input_shape))
     if features == "inception":
         return FIDEvaluator(InceptionFeatures(weights_path, key), "inception", kid, kid_subset_size)
     raise ConfigError(f"{key}.features: {features!r} is not allowed (allowed: {', '.join(FEATURES)})")

@@ -76,7 +76,9 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(finished, tmp_path)
 
 
 def test_a_resume_with_more_epochs_extends_a_finished_run(finished, tmp_path):
-    run_dir = copy_of(finished, tmp_path / "moved")  # moved as well: the copy resumes from its own files
+    # moved as well: the copy resumes from its own files; into a folder named as a multirun job's
+    # (its '=' and ',' would make a sweep of an unquoted override), given as the run prints it
+    run_dir = copy_of(finished, tmp_path / "3_model.latent_dim=8,seed=2")
     result = run_cli("train", f"resume={run_dir}", "trainer.max_epochs=3")
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = RunDir(run_dir).metrics()

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from latentbench.errors import ConfigError
+from latentbench.overrides import hydra_value
 from latentbench.run_dir import RunDir, RunDirError, headline_metrics
 
 # Hydra's flags that print and exit instead of running (nothing is written then)
@@ -54,10 +55,23 @@ def split_resume(args: list[str]) -> tuple[str | None, list[str]]:
     rest = []
     for arg in args:
         if arg.startswith("resume="):
-            value = arg.partition("=")[2]
+            value = unquoted(arg.partition("=")[2])
         else:
             rest.append(arg)
     return (value if value not in ("", "null", "None") else None), rest
+
+
+def unquoted(value: str) -> str:
+    """A Hydra-quoted override value (``'.../3_seed=1,lr=0.1'``: a multirun job's folder, which the
+    command line quotes for Hydra) as the plain string it stands for; other values as they are."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            return str(OverridesParser.create().parse_override(f"resume={value}").value())
+        except Exception:  # noqa: BLE001 (Hydra's lexer/parser errors): leave it to the path check
+            return value
+    return value
 
 
 def recorded_overrides(run: RunDir) -> list[str]:
@@ -168,7 +182,8 @@ def expand_resume(args: list[str]) -> list[str]:
     if is_first_process():
         run.acquire_lock()  # refused now, before Hydra rewrites the run's config files; held until the run ends
     print(f"resuming {run.path}" + (" (extending a finished run)" if status == "finished" else ""), file=sys.stderr)
-    return [*merged(recorded, extra), f"hydra.run.dir={run.path}", f"resume={run.path}"]
+    where = hydra_value(str(run.path))  # a job folder's name holds '=' and ',' (3_seed=1,lr=0.1)
+    return [*merged(recorded, extra), f"hydra.run.dir={where}", f"resume={where}"]
 
 
 def expand_multirun_resume(sweep_dir: str, rest: list[str]) -> list[str]:
@@ -190,7 +205,8 @@ def expand_multirun_resume(sweep_dir: str, rest: list[str]) -> list[str]:
     if refused:
         raise ConfigError(f"resume: {refused[0]} would change the multirun {sweep}; only {', '.join(RESUME_SAFE)} may be given with resume=")
     print(f"resuming the multirun {sweep}: finished jobs are skipped, interrupted ones continue", file=sys.stderr)
-    return ["-m", *merged(task, extra), f"hydra.sweep.dir={sweep}", f"resume={sweep}"]
+    where = hydra_value(str(sweep))
+    return ["-m", *merged(task, extra), f"hydra.sweep.dir={where}", f"resume={where}"]
 
 
 def requeued_slurm_run(rest: list[str]) -> str | None:

@@ -53,10 +53,12 @@ def pca_2d(train_codes: np.ndarray, test_codes: np.ndarray) -> tuple[np.ndarray,
     return pca.transform(train_codes), pca.transform(test_codes)
 
 
-def scatter_image(panels: list[tuple[np.ndarray, np.ndarray, str]], ticks: bool = True) -> np.ndarray:
+def scatter_image(panels: list[tuple[np.ndarray, np.ndarray, str]], ticks: bool = True, robust_limits: bool = False) -> np.ndarray:
     """Scatter plots ``[(points (N, 2), labels (N,), title), ...]`` side by side (5 x 5 inches each,
     100 dpi), coloured by label on one colour scale (``tab10``, with a colour bar of the labels when
-    there are at most 20), as an ``(H, W, 3)`` uint8 picture; ``ticks=False`` hides the axis ticks."""
+    there are at most 20), as an ``(H, W, 3)`` uint8 picture; ``ticks=False`` hides the axis ticks;
+    ``robust_limits`` frames the central 98 % of the points on each axis (a few far-out codes, as
+    unbounded ReLU codes have, would otherwise squeeze the rest into a corner)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,6 +70,11 @@ def scatter_image(panels: list[tuple[np.ndarray, np.ndarray, str]], ticks: bool 
         scatter = axis.scatter(points[:, 0], points[:, 1], c=panel_labels, cmap="tab10", s=4,
                                vmin=labels.min() - 0.5, vmax=labels.max() + 0.5)
         axis.set_title(title)
+        if robust_limits and len(points) > 1:
+            low, high = np.percentile(points, [1, 99], axis=0)
+            margin = np.maximum(0.05 * (high - low), 1e-6)
+            axis.set_xlim(low[0] - margin[0], high[0] + margin[0])
+            axis.set_ylim(low[1] - margin[1], high[1] + margin[1])
         if not ticks:
             axis.set_xticks([])
             axis.set_yticks([])

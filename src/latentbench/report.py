@@ -520,41 +520,46 @@ def codes_panel_title(run: Run, keys: tuple) -> str:
     return f"{title}\n{'k' if k is ABSENT else k}-NN accuracy {float(knn):.3f}"
 
 
+def group_representatives(table: Table, usable) -> list[tuple[tuple, Run]]:
+    """``(group keys, its first finished run for which usable(run))`` per group, in job order (a
+    multirun's ``color_space=rgb,ycbcr,lab`` stays in that order; job 10 after job 9)."""
+    def job_order(run: Run) -> list:
+        where = run.path.as_posix() if run.path is not None else run.name
+        return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", where)]
+
+    chosen = []
+    for keys, members in table.groups:
+        run = next((r for r in members if r.status == "finished" and usable(r)), None)
+        if run is not None:
+            chosen.append((keys, run))
+    return sorted(chosen, key=lambda pair: job_order(pair[1]))
+
+
 def plot_codes(table: Table, path: Path) -> Path | None:
-    """Side-by-side 2-D scatters of the test codes (first finished run of each group that logged them),
-    coloured by label, as in Fig. 3 of Hinton & Salakhutdinov (2006)."""
+    """Side-by-side 2-D scatters of the test codes (first finished run of each group that logged them,
+    in job order), coloured by label, as in Fig. 3 of Hinton & Salakhutdinov (2006)."""
     from PIL import Image
 
     from latentbench.projections import scatter_image
 
-    panels = []
-    for keys, runs in table.groups:
-        run = next((r for r in runs if r.status == "finished" and r.codes is not None), None)
-        if run is not None:
-            panels.append((*read_codes(run.codes), codes_panel_title(run, keys)))
+    panels = [(*read_codes(run.codes), codes_panel_title(run, keys))
+              for keys, run in group_representatives(table, lambda r: r.codes is not None)]
     if not panels:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(scatter_image(panels, ticks=False)).save(path)
+    Image.fromarray(scatter_image(panels, ticks=False, robust_limits=True)).save(path)
     return path
 
 
 def compare_groups(table: Table, count: int, path: Path) -> Path:
-    """The side-by-side figure (:mod:`latentbench.comparison`) of each group's first finished local run,
-    the columns in job order (``model.color_space=rgb,ycbcr,lab`` stays in that order; job 10 after 9)."""
+    """The side-by-side figure (:mod:`latentbench.comparison`) of each group's first finished local run, in job order."""
     from latentbench.comparison import compare_runs
 
-    def job_order(path: Path) -> list:
-        return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.as_posix())]
-
-    columns = []
-    for keys, members in table.groups:
-        run = next((r for r in members if r.status == "finished" and r.path is not None), None)
-        if run is not None:
-            columns.append((job_order(run.path), ", ".join(str(k) for k in keys if k) or run.name, run.path))
+    columns = [(", ".join(str(k) for k in keys if k) or run.name, run.path)
+               for keys, run in group_representatives(table, lambda r: r.path is not None)]
     if not columns:
         raise ConfigError("report --side-by-side: no finished local run to take a model from")
-    return compare_runs([(title, run_path) for _, title, run_path in sorted(columns)], count, path)
+    return compare_runs(columns, count, path)
 
 
 def load_histories(runs: list[Run]) -> list[str]:

@@ -215,6 +215,37 @@ def test_space_time_unet_shapes_and_a_few_training_steps_lower_the_loss(conditio
     assert samples.shape == (4 if requests else 2, 4, 1, 8, 8) and 0 <= float(samples.min()) and float(samples.max()) <= 1
 
 
+def test_the_class_token_also_enters_the_timestep_embedding_when_asked():
+    from latentbench.models.video_ldm import build_video_unet
+
+    def time_embeddings(unet, labels):
+        seen = []
+        hook = unet.unet.time_embedding.register_forward_hook(lambda module, args, out: seen.append(out))
+        unet(torch.randn(2, 2, 4, 8, 8), torch.tensor([500, 500]), class_labels=labels)
+        hook.remove()
+        return seen[0]
+
+    torch.manual_seed(0)
+    small = dict(sample_size=8, in_channels=4, block_out_channels=[16, 32], condition_dim=24)
+    both = build_video_unet(**small, num_class_embeds=11, class_in_time_embedding=True)
+    assert both.unet.config.time_cond_proj_dim == 24
+    emb = time_embeddings(both, torch.tensor([3, 7]))
+    assert not torch.allclose(emb[0], emb[1])  # every ResNet block gets a class-dependent shift
+    # the gradient of the loss reaches the class tokens through the timestep embedding too
+    both.unet.time_embedding.cond_proj.weight.grad = None
+    both(torch.randn(2, 2, 4, 8, 8), torch.tensor([10, 900]), class_labels=torch.tensor([3, 7])).sample.square().mean().backward()
+    assert float(both.unet.time_embedding.cond_proj.weight.grad.abs().sum()) > 0
+    # off (the default, as in checkpoints saved before the option): the class only enters the cross-attention
+    token_only = build_video_unet(**small, num_class_embeds=11)
+    assert token_only.unet.config.time_cond_proj_dim is None
+    emb = time_embeddings(token_only, torch.tensor([3, 7]))
+    torch.testing.assert_close(emb[0], emb[1])
+    assert not any("cond_proj" in name for name in token_only.state_dict())
+    # unconditional and text U-Nets have no class to add
+    assert build_video_unet(**small, class_in_time_embedding=True).unet.config.time_cond_proj_dim is None
+    assert build_video_unet(**small, cross_attention_dim=24, class_in_time_embedding=True).unet.config.time_cond_proj_dim is None
+
+
 def test_joint_training_on_still_images_adds_a_loss_of_single_frames():
     model = tiny_video_ldm(still_images=3, conditioning="class", num_classes=10)
     batch = {"image": torch.rand(2, 4, 1, 8, 8), "label": torch.tensor([5, 6])}

@@ -27,8 +27,12 @@ class SpaceTimeUNet(nn.Module):
     """diffusers' ``UNet3DConditionModel`` (factorised: 2-D convolutions and attention per frame, temporal
     convolutions and attention per pixel) on clips laid out as the harness keeps them, frames first.
 
-    ``UNet3DConditionModel`` is conditioned by cross-attention only; class labels (and, for an
-    unconditional model, nothing) become one learned token of ``condition_dim`` it attends to.
+    ``UNet3DConditionModel`` is conditioned by cross-attention; class labels (and, for an
+    unconditional model, nothing) become one learned token of ``condition_dim`` it attends to. With
+    ``class_in_time_embedding`` (the unet's ``time_cond_proj_dim`` set) the class token is also added to
+    the timestep embedding (diffusers' ``timestep_cond``), which shifts every ResNet block of every level,
+    as ``UNet2DModel``'s class embedding does in ``model=ldm``: attention to a single token is a
+    class-dependent bias in the attention levels only, and is learned far more slowly.
 
     ``forward(sample (B, T, c, h, w), timestep, class_labels=None, encoder_hidden_states=None)``
     returns an output whose ``sample`` is ``(B, T, c, h, w)``, like the 2-D U-Nets of ``ldm``.
@@ -48,7 +52,11 @@ class SpaceTimeUNet(nn.Module):
                 encoder_hidden_states = self.class_tokens(class_labels)[:, None]
             else:
                 encoder_hidden_states = self.null_token.expand(len(sample), -1, -1)
-        out = self.unet(sample.transpose(1, 2), timestep, encoder_hidden_states=encoder_hidden_states).sample
+        timestep_cond = None
+        if self.class_tokens is not None and self.unet.config.time_cond_proj_dim is not None:
+            timestep_cond = encoder_hidden_states[:, 0]  # the class token, into the timestep embedding
+        out = self.unet(sample.transpose(1, 2), timestep, encoder_hidden_states=encoder_hidden_states,
+                        timestep_cond=timestep_cond).sample
         return UNet3DConditionOutput(sample=out.transpose(1, 2))
 
 
@@ -63,6 +71,7 @@ def build_video_unet(
     condition_dim: int = 32,
     num_class_embeds: int | None = None,
     cross_attention_dim: int | None = None,
+    class_in_time_embedding: bool = False,
 ) -> SpaceTimeUNet:
     """A small space-time U-Net: ``(B, T, in_channels, S, S), t -> (B, T, in_channels, S, S)``.
 
@@ -78,6 +87,9 @@ def build_video_unet(
         condition_dim (`int`): width of the class (or unconditional) token the U-Net attends to.
         num_class_embeds (`int`, *optional*): class conditioning (classes + the null class).
         cross_attention_dim (`int`, *optional*): text conditioning: the width of the ``(B, L, D)`` hidden states.
+        class_in_time_embedding (`bool`): class conditioning: also add the class token to the timestep
+            embedding (every ResNet block sees the class), not only to the cross-attention. Off by default
+            so that checkpoints saved before it existed load unchanged; ``model=video_ldm`` turns it on.
     """
     if len(attention) != len(block_out_channels):
         raise ValueError(f"unet.attention: needs one entry per level ({len(block_out_channels)}), got {list(attention)}")
@@ -90,6 +102,7 @@ def build_video_unet(
         up_block_types=tuple("CrossAttnUpBlock3D" if a else "UpBlock3D" for a in reversed(attention)),
         block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
         cross_attention_dim=cross_attention_dim or condition_dim, attention_head_dim=attention_heads,
+        time_cond_proj_dim=condition_dim if class_in_time_embedding and num_class_embeds else None,
     )
     return SpaceTimeUNet(unet, num_class_embeds, text=cross_attention_dim is not None)
 

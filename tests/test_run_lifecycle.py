@@ -89,7 +89,7 @@ def test_a_resume_with_more_epochs_extends_a_finished_run(finished, tmp_path):
 
 
 def test_a_new_run_into_a_finished_runs_directory_is_refused(finished, tmp_path):
-    run_dir = copy_of(finished, tmp_path)
+    run_dir = copy_of(finished, tmp_path / "2_seed=1,lr=0.1")  # a multirun job's name: the command line quotes it
     before = snapshot(run_dir)
     result = train_into(run_dir)
     assert result.returncode == 2

@@ -232,7 +232,7 @@ def requeued_slurm_run(rest: list[str]) -> str | None:
 def refuse_run_dir_in_use(args: list[str]) -> None:
     """A new run given an explicit ``hydra.run.dir`` that another process writes, or that holds a
     finished run, is refused before Hydra writes anything into it."""
-    run_dir = next((a.partition("=")[2] for a in args if a.startswith("hydra.run.dir=")), None)
+    run_dir = given_run_dir(args)
     if not run_dir or any(a in ("-m", "--multirun") for a in args):
         return
     run = RunDir(run_dir)
@@ -260,5 +260,10 @@ def run_dir_claimed(args: list[str]) -> RunDir | None:
     """The run directory that :func:`expand_resume` locked for ``args``, if any."""
     if any(a in ("-m", "--multirun") for a in args):
         return None
-    run_dir = next((a.partition("=")[2] for a in args if a.startswith("hydra.run.dir=")), None)
+    run_dir = given_run_dir(args)
     return RunDir(run_dir) if run_dir else None
+
+
+def given_run_dir(args: list[str]) -> str | None:
+    """The folder ``hydra.run.dir=`` names in ``args`` (unquoted, as Hydra reads it), or None."""
+    return next((unquoted(a.partition("=")[2]) for a in args if a.startswith("hydra.run.dir=")), None)

@@ -134,53 +134,9 @@ def load(path: str | Path, map_location: Any = "cpu") -> pl.LightningModule:
     ``weights_only=True`` (no pickled code runs). A path that holds no run or checkpoint raises a
     one-line ConfigError.
     """
-    import pytorch_lightning as pl
-    from hydra.utils import get_class
+    from latentbench.checkpoints import load_model
 
-    from latentbench.checkpoints import MODEL_CLASS_KEY, read_checkpoint
-
-    file = checkpoint_of(Path(path))
-    name = read_checkpoint(file, "load").get(MODEL_CLASS_KEY) or recorded_model_class(file)
-    try:
-        cls = get_class(name)
-    except Exception as error:  # noqa: BLE001 (Hydra wraps import errors in several kinds)
-        raise ConfigError(f"load: {file} holds a {name}, which cannot be imported ({type(error).__name__})") from None
-    if not issubclass(cls, pl.LightningModule):
-        raise ConfigError(f"load: {file} names {name}, which is not a LightningModule")
-    return cls.load_from_checkpoint(file, map_location=map_location, weights_only=True).eval()
-
-
-def checkpoint_of(path: Path) -> Path:
-    """The checkpoint file ``path`` stands for: itself, or a run directory's tested checkpoint."""
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise ConfigError(f"load: {path} does not exist (expected a run directory such as outputs/<run name>, or a .ckpt file)")
-    run = RunDir(path)
-    checkpoint = run.tested_checkpoint()
-    if checkpoint is not None:
-        return checkpoint
-    if run.is_run() or run.info_file.is_file():
-        raise ConfigError(f"load: the run {path} has no checkpoint (status: {run.status() or 'unknown'}; "
-                          f"checkpoints are written to {run.checkpoint_dir})")
-    jobs = sorted(p.parents[1].name for p in path.glob("*/.hydra/overrides.yaml"))
-    hint = f"; it holds the runs {', '.join(jobs[:5])}{', ...' if len(jobs) > 5 else ''}: load one of them" if jobs else ""
-    raise ConfigError(f"load: {path} is neither a run directory (no .hydra/overrides.yaml) nor a checkpoint file{hint}")
-
-
-def recorded_model_class(file: Path) -> str:
-    """``model._target_`` of the run holding ``file``: for checkpoints that do not record their class."""
-    from omegaconf import OmegaConf
-
-    try:
-        config = RunDir.containing(file, "load").recorded_config()
-    except RunDirError:
-        raise ConfigError(f"load: {file} does not record its model class and is not inside a run directory "
-                          "(no .hydra/config.yaml above it) whose config would name it") from None
-    name = OmegaConf.select(config, "model._target_", default=None)
-    if not isinstance(name, str):
-        raise ConfigError(f"load: {file} does not record its model class, and its run's config has no model._target_")
-    return name
+    return load_model(path, map_location)
 
 
 IDENTITY_COLUMNS = ("run", "status", "overrides")

@@ -19,7 +19,7 @@ from latentbench.errors import ConfigError
 def first_test_batch(run_path: Path, count: int) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
     """The first ``count`` test images of a run's data, as its test loader gives them (``image``,
     ``input`` when the run corrupts its inputs), and the data's ``(C, H, W)``."""
-    from latentbench.api import checkpoint_of
+    from latentbench.checkpoints import checkpoint_of
     from latentbench.evaluate import eval_config
     from latentbench.instantiate import build
     from latentbench.train import corruption_argument
@@ -34,9 +34,9 @@ def first_test_batch(run_path: Path, count: int) -> tuple[dict[str, torch.Tensor
 @torch.no_grad()
 def model_outputs(run_path: Path, inputs: torch.Tensor, image_shape: tuple[int, ...]) -> torch.Tensor:
     """A run's trained model (its tested checkpoint) on ``inputs``: ``(N, C, H, W)`` in [0, 1]."""
-    from latentbench.api import load
+    from latentbench.checkpoints import load_model
 
-    model = load(run_path)
+    model = load_model(run_path)
     output = model(inputs.to(model.device, model.dtype)).float().cpu()
     if output.numel() != inputs.shape[0] * int(np.prod(image_shape)):
         raise ConfigError(f"report --side-by-side: {run_path} gives outputs of shape {tuple(output.shape)}, "

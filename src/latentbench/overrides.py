@@ -33,6 +33,19 @@ def hydra_value(value: Any) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def unquoted(value: str) -> str:
+    """A Hydra-quoted override value (``'.../3_seed=1,lr=0.1'``: a multirun job's folder, which the
+    command line quotes for Hydra) as the plain string it stands for; other values as they are."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            return str(OverridesParser.create().parse_override(f"key={value}").value())
+        except Exception:  # noqa: BLE001 (Hydra's lexer/parser errors): leave it to the path check
+            return value
+    return value
+
+
 def safe_override(arg: str) -> str:
     """One ``key=value`` from a W&B agent made acceptable to Hydra as a single value.
 

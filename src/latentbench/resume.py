@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from latentbench.errors import ConfigError
-from latentbench.overrides import hydra_value
+from latentbench.overrides import hydra_value, unquoted
 from latentbench.run_dir import RunDir, RunDirError, headline_metrics
 
 # Hydra's flags that print and exit instead of running (nothing is written then)
@@ -59,19 +59,6 @@ def split_resume(args: list[str]) -> tuple[str | None, list[str]]:
         else:
             rest.append(arg)
     return (value if value not in ("", "null", "None") else None), rest
-
-
-def unquoted(value: str) -> str:
-    """A Hydra-quoted override value (``'.../3_seed=1,lr=0.1'``: a multirun job's folder, which the
-    command line quotes for Hydra) as the plain string it stands for; other values as they are."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        try:
-            return str(OverridesParser.create().parse_override(f"resume={value}").value())
-        except Exception:  # noqa: BLE001 (Hydra's lexer/parser errors): leave it to the path check
-            return value
-    return value
 
 
 def recorded_overrides(run: RunDir) -> list[str]:

@@ -103,8 +103,9 @@ def write_curves(sweep_dir: Path, metrics: str | list[str], out: Path, name: str
         if not curves[metric]:
             raise ConfigError(f"curves: no run under {sweep_dir} logged {metric} to CSV (history.csv, or the CSV logger's metrics.csv)")
     out.mkdir(parents=True, exist_ok=True)
+    position = {run.name: i for i, run in enumerate(runs)}  # rows by run, as the folders sort, then by step
     keys = sorted({(label, step) for by_run in curves.values() for label, points in by_run.items() for step, _ in points},
-                  key=lambda key: ([r.name for r in runs].index(key[0]), key[1]))
+                  key=lambda key: (position[key[0]], key[1]))
     with (out / f"{name}_curves.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["run", "step", *metrics])

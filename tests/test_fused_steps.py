@@ -43,7 +43,7 @@ class SingleStepRuns(dict):
         self.root = root
 
     def __missing__(self, scheduler: str) -> RunDir:
-        self[scheduler] = trained(self.root / scheduler, SCHEDULERS[scheduler])
+        self[scheduler] = trained(self.root / scheduler, SCHEDULERS[scheduler], "fused_steps=1")
         return self[scheduler]
 
 
@@ -78,7 +78,7 @@ def test_a_fused_run_killed_between_saves_resumes_exactly(single_steps, tmp_path
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["fused_steps=0"], "fused_steps: expected a positive integer, got 0"),
+    (["fused_steps=0"], "fused_steps: expected a positive integer or auto, got 0"),
     (["fused_steps=4", "trainer.max_steps=10"], "trainer.max_steps: 10 is not a multiple of fused_steps=4"),
     (["fused_steps=4", "trainer.limit_train_batches=6"], "trainer.limit_train_batches: 6 is not a multiple of fused_steps=4"),
     (["fused_steps=2", "+trainer.accumulate_grad_batches=2"],
@@ -137,3 +137,43 @@ def test_a_models_own_per_step_hook_runs_after_every_real_step(tmp_path, monkeyp
     assert main(["train", "model=ae", "trainer=cpu", "logger=none", "trainer.max_steps=12", "fused_steps=4", "callbacks=none",
                  f"hydra.run.dir={tmp_path}"]) == 0
     assert steps_seen == list(range(1, 13))
+
+
+def test_auto_fuses_a_default_run_and_trains_it_exactly_as_single_steps(single_steps, tmp_path):
+    """``fused_steps: auto`` (the default) fuses a small model on in-memory data: same values, same steps."""
+    result = run_cli("train", *RUN, SCHEDULERS["step"], f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fused_steps=auto: 8 optimizer steps per Lightning step (in-memory data, one process)" in result.stdout + result.stderr
+    fused, single = RunDir(tmp_path), single_steps["step"]
+    assert {k: fused.metrics()[k] for k in COMPARED} == {k: single.metrics()[k] for k in COMPARED}
+    assert train_loss_rows(fused) == train_loss_rows(single)
+
+
+class StreamingData:
+    supports_fused_steps = False
+
+
+@pytest.mark.parametrize(("overrides", "steps", "why"), [
+    ([], 8, "in-memory data, one process"),
+    (["trainer.max_steps=12"], 4, "in-memory data, one process"),
+    (["trainer.max_steps=12", "callbacks.periodic_checkpoint.every_n_steps=10"], 2, "in-memory data, one process"),
+    (["trainer.val_check_interval=6", "trainer.max_epochs=1"], 2, "in-memory data, one process"),
+    (["trainer.max_steps=7"], 1, "the counts in steps [7] share no factor of 2"),
+    (["model=pca"], 1, "PCA runs its own optimisation loop"),
+    (["+trainer.accumulate_grad_batches=2"], 1, "gradient accumulation"),
+    (["trainer.fast_dev_run=true"], 1, "trainer.fast_dev_run"),
+    (["trainer.devices=2"], 1, "more than one process"),
+    (["trainer.precision=16-mixed"], 1, "16-bit precision (a gradient scaler)"),
+    (["streaming"], 1, "StreamingData streams its batches"),
+])
+def test_auto_picks_the_largest_group_that_keeps_every_count_exact(tmp_path, overrides, steps, why):
+    from latentbench.train import auto_fused_steps
+
+    cfg = make_cfg(["trainer=cpu", "logger=none", *[o for o in overrides if o != "streaming"]], tmp_path)
+    try:
+        built = build_run(make_cfg(["trainer=cpu", "logger=none", "fused_steps=1", "model=pca" if "model=pca" in overrides else "model=ae"],
+                                   tmp_path / "built"))
+    finally:
+        GlobalHydra.instance().clear()
+    datamodule = StreamingData() if "streaming" in overrides else built["datamodule"]
+    assert auto_fused_steps(cfg, datamodule, built["model"]) == (steps, why)

@@ -31,7 +31,7 @@ TOP_LEVEL_TYPES = {
     "channels_last": bool | Literal["auto"],
     "matmul_precision": Literal["highest", "high", "medium"],
     "resume": str | None,
-    "fused_steps": int,
+    "fused_steps": int | Literal["auto"],
 }
 
 
@@ -90,8 +90,10 @@ def check_fused_steps(cfg: DictConfig) -> None:
     """``fused_steps`` K runs K optimizer steps per Lightning step; the trainer's counts in steps and
     batches must then fall on whole groups of K (so that a saved position is a whole group)."""
     steps = cfg.get("fused_steps", 1)
+    if steps == "auto":
+        return  # K is then chosen to fit the counts (train.auto_fused_steps)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ConfigError(f"fused_steps: expected a positive integer, got {steps!r}")
+        raise ConfigError(f"fused_steps: expected a positive integer or auto, got {steps!r}")
     if steps == 1 or "trainer" not in cfg:
         return
     trainer = cfg.trainer

@@ -52,11 +52,55 @@ def apply_compile(model: pl.LightningModule, cfg: DictConfig) -> pl.LightningMod
     return torch.compile(model, mode=options.mode, backend=options.backend)
 
 
+AUTO_FUSED_STEPS = (8, 4, 2)  # fused_steps=auto: the largest of these that every count in steps allows
+
+
+def auto_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model: pl.LightningModule) -> tuple[int, str]:
+    """What ``fused_steps: auto`` means for this run: ``(K, why)``.
+
+    K > 1 where fusing changes nothing a user counts: an in-memory data module, one optimizer under
+    automatic optimisation, one process, no gradient scaler (16-mixed) and no gradient accumulation;
+    K is the largest of 8, 4, 2 that divides every count in steps (``trainer.max_steps``, integer
+    ``limit_train_batches`` and ``val_check_interval``, ``callbacks.periodic_checkpoint.every_n_steps``),
+    so that validation, checkpoints and the end fall on the same steps as unfused. Else 1. The rule
+    reads the config only, so a resumed run gets the K it was saved with.
+    """
+    trainer = cfg.trainer
+    if trainer.get("fast_dev_run"):
+        return 1, "trainer.fast_dev_run"
+    if not getattr(datamodule, "supports_fused_steps", False):
+        return 1, f"{type(datamodule).__name__} streams its batches"
+    if not model.automatic_optimization:
+        return 1, f"{type(model).__name__} runs its own optimisation loop"
+    if str(trainer.get("strategy", "auto")) != "auto" or str(trainer.get("devices", 1)) not in ("1", "auto"):
+        return 1, "more than one process"
+    if str(trainer.get("accelerator", "auto")) != "cpu" and str(trainer.get("devices")) == "auto":
+        return 1, "trainer.devices=auto on an accelerator"
+    if str(trainer.get("precision")).startswith("16"):
+        return 1, "16-bit precision (a gradient scaler)"
+    if trainer.get("accumulate_grad_batches", 1) not in (1, None):
+        return 1, "gradient accumulation"
+    checkpoint = (cfg.get("callbacks") or {}).get("periodic_checkpoint") or {}
+    counts = [trainer.get("max_steps"), trainer.get("limit_train_batches"), trainer.get("val_check_interval"),
+              checkpoint.get("every_n_steps")]
+    counts = [c for c in counts if isinstance(c, int) and not isinstance(c, bool) and c > 0]
+    for steps in AUTO_FUSED_STEPS:
+        if all(count % steps == 0 for count in counts):
+            return steps, "in-memory data, one process"
+    return 1, f"the counts in steps {counts} share no factor of 2"
+
+
 def apply_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model: pl.LightningModule) -> dict[str, Any]:
-    """With ``fused_steps`` K > 1: the data module serves K batches per item and the model runs K
-    optimizer steps on them (:mod:`latentbench.models.fused`). Returns the Trainer arguments that
-    change: its batch counts are in items of K batches, and gradient clipping moves into the step."""
-    steps = int(cfg.get("fused_steps", 1))
+    """With ``fused_steps`` K > 1 (or ``auto``, :func:`auto_fused_steps`): the data module serves K
+    batches per item and the model runs K optimizer steps on them (:mod:`latentbench.models.fused`).
+    Returns the Trainer arguments that change: its batch counts are in items of K batches, and
+    gradient clipping moves into the step."""
+    setting = cfg.get("fused_steps", 1)
+    if setting == "auto":
+        steps, why = auto_fused_steps(cfg, datamodule, model)
+        log.info("fused_steps=auto: %d optimizer step%s per Lightning step (%s)", steps, "s" * (steps > 1), why)
+    else:
+        steps = int(setting)
     if steps == 1:
         return {}
     if not getattr(datamodule, "supports_fused_steps", False):

@@ -15,8 +15,10 @@ import pytest
 from tests.conftest import run_cli
 
 # Digits: 1,293 training images, 81 batches of 16 per epoch; 3 epochs = 243 steps. A periodic
-# last.ckpt every 20 steps, an epoch-end best and last: 6 checkpoint writes per epoch.
-RUN = ["model=ae", "trainer=cpu", "trainer.max_epochs=3", "deterministic=true", "data.batch_size=16", "logger=none",
+# last.ckpt every 20 steps, an epoch-end best and last: 6 checkpoint writes per epoch. One optimizer
+# step per Lightning step (fused_steps=1), so that a kill can land on any step (tests/test_fused_steps.py
+# kills a fused run between its saves).
+RUN = ["model=ae", "trainer=cpu", "fused_steps=1", "trainer.max_epochs=3", "deterministic=true", "data.batch_size=16", "logger=none",
        "callbacks.periodic_checkpoint.every_n_steps=20", "callbacks.embedding_plot.methods=[pca]"]
 COMPARED = ("test/recon_sse", "test/mse", "test/ssim", "test/knn_acc", "best_val/loss", "global_step", "epochs")
 WRITES = 18

@@ -182,7 +182,8 @@ def test_a_pretrained_stack_that_cannot_serve_is_refused_in_one_line_naming_the_
 def test_a_resume_in_the_middle_of_the_layer_schedule_gives_the_uninterrupted_weights(stack_run, tmp_path):
     """SIGTERM at step 30 (layer 2, 9 steps into epoch 1), resume: the same final stack, bit for bit, as the run never stopped."""
     run_dir = tmp_path / "run"
-    signal_at = ["+callbacks.signal._target_=tests.helpers.SignalAtHook", "+callbacks.signal.hook=train_batch_end",
+    # fused_steps=1: the signal lands on a single step (the reference run, fused, must match it bit for bit)
+    signal_at = ["fused_steps=1", "+callbacks.signal._target_=tests.helpers.SignalAtHook", "+callbacks.signal.hook=train_batch_end",
                  "+callbacks.signal.n=9", "+callbacks.signal.signum=SIGTERM", "+callbacks.signal.epoch=1"]
     with pytest.raises(RunInterrupted):
         train(make_cfg([*STACK, *signal_at], run_dir))

@@ -13,9 +13,9 @@ set -eu
 OUT=${1:-outputs/experiments/ldm_factor/cpu_$(date +%Y-%m-%d_%H-%M-%S)}
 LB=${LB:-uv run latentbench}
 PARALLEL=(hydra/launcher=parallel hydra.launcher.n_jobs=2)
-$LB experiment ldm_factor --out "$OUT" --only classifier trainer=cpu
-$LB experiment ldm_factor --out "$OUT" --only first_stage trainer=cpu data.batch_size=64 trainer.max_epochs=1 \
+$LB experiment ldm_factor --only classifier --out "$OUT" trainer=cpu
+$LB experiment ldm_factor --only first_stage --out "$OUT" trainer=cpu data.batch_size=64 trainer.max_epochs=1 \
     trainer.limit_train_batches=480 "${PARALLEL[@]}"
-$LB experiment ldm_factor --out "$OUT" --only ldm trainer=cpu data.batch_size=64 trainer.max_epochs=1 \
+$LB experiment ldm_factor --only ldm --out "$OUT" trainer=cpu data.batch_size=64 trainer.max_epochs=1 \
     trainer.limit_train_batches=1000 trainer.val_check_interval=200 trainer.limit_val_batches=20 \
     metrics.fid.num_images=256 metrics.fid.sample_batch_size=128 model.sampling.steps=20 "${PARALLEL[@]}"

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from bench.common import StepClock, Timing, add_ab_arguments, environment, spread, synchronizer, write_result
+from latentbench.devices import cuda_checks_from_the_runtime
 
 
 def shapes_overrides(image_size: int = 16, num_train: int = 512) -> list[str]:
@@ -240,20 +241,22 @@ class PlainLoop:
         batches = self.batches()
         timing, sync = Timing(), synchronizer(self.args.device)
         sync()
-        start = time.perf_counter()
-        with torch.no_grad():
-            latent_std = float(self.first_stage.encode_latents(next(batches)["image"].to(self.device)).std())
-        for _ in range(steps):
-            loss = self.loss(unet, next(batches), latent_std)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update_parameters(unet)
-            timing.step_ended(sync)
-        sync()
-        timing.total = time.perf_counter() - start
+        # as in a script that never imported Lightning (which sets PYTORCH_NVML_BASED_CUDA_CHECK)
+        with cuda_checks_from_the_runtime():
+            start = time.perf_counter()
+            with torch.no_grad():
+                latent_std = float(self.first_stage.encode_latents(next(batches)["image"].to(self.device)).std())
+            for _ in range(steps):
+                loss = self.loss(unet, next(batches), latent_std)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if ema is not None:
+                    ema.update_parameters(unet)
+                timing.step_ended(sync)
+            sync()
+            timing.total = time.perf_counter() - start
         return timing
 
     def step_flops(self) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS, StepClock, Timing, add_ab_arguments, environment, spread, synchronizer, write_result
+from latentbench.devices import cuda_checks_from_the_runtime
 
 MNIST = os.environ.get("LATENTBENCH_DATA", "../shared/data") + "/mnist"
 
@@ -103,7 +104,8 @@ def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, on_
     network = instantiate(model_cfg, input_shape=[1, 28, 28], _recursive_=False, _convert_="all").to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=model_cfg.optimizer.lr)
     timing, sync = Timing(), synchronizer(device)
-    with profiled(profile):
+    # as in a script that never imported Lightning (which sets PYTORCH_NVML_BASED_CUDA_CHECK)
+    with cuda_checks_from_the_runtime(), profiled(profile):
         start = time.perf_counter()
         step = 0
         while step < steps:

@@ -215,3 +215,28 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_of_in_one_line(tmp_path, monke
         lines = [r.getMessage() for r in caplog.records if "bfloat16" in r.getMessage()]
         assert lines == (["precision=bf16-mixed: this CPU has no native bfloat16 (AVX512-BF16/AMX), so its matrix products "
                           "are emulated, ~50x slower than precision=32-true (or precision=auto)"] if warned else [])
+
+
+def test_a_one_process_run_asks_cuda_availability_without_nvml_while_it_trains(cfg_factory, monkeypatch):
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 at import; Adam asks torch.cuda.is_available() every
+    step, which then loads NVML each time. Inside a one-process fit the variable is unset, after it restored."""
+    import os
+
+    import pytorch_lightning as pl
+
+    from latentbench.devices import NVML_CUDA_CHECK
+
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(os.environ.get(NVML_CUDA_CHECK))
+
+    monkeypatch.setenv(NVML_CUDA_CHECK, "1")
+    from latentbench.train import build_run
+
+    built = build_run(cfg_factory("model=ae", "trainer=cpu", "logger=none", "trainer.max_steps=2", "fused_steps=1", "callbacks=none"))
+    built["trainer"].callbacks.append(Record())
+    built["trainer"].fit(built["model"], datamodule=built["datamodule"])
+    assert seen == [None, None]
+    assert os.environ[NVML_CUDA_CHECK] == "1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -13,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid
 
+from latentbench.devices import cuda_checks_from_the_runtime
 from latentbench.models.base import EvalOutput, eval_output
 from latentbench.tracking import log_image, log_table, log_video
 
@@ -630,3 +632,18 @@ class PeriodicCheckpoint(pl.Callback):
         if trainer.global_step > 0 and self._due(trainer):
             trainer.save_checkpoint(self.path)
             self._last_save_time = time.monotonic()
+
+
+class CudaChecksFromTheRuntime(pl.Callback):
+    """In a one-process run, ``torch.cuda.is_available()`` skips NVML from setup to teardown
+    (:func:`latentbench.devices.cuda_checks_from_the_runtime`): Adam and AdamW ask it on every step."""
+
+    def __init__(self):
+        self._inside = contextlib.ExitStack()
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if isinstance(trainer.strategy, pl.strategies.SingleDeviceStrategy):
+            self._inside.enter_context(cuda_checks_from_the_runtime())
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._inside.close()

@@ -3,6 +3,9 @@ queued on it; whether the CPU computes in bfloat16 natively."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 
 
@@ -27,3 +30,23 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
         return False
+
+
+NVML_CUDA_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+@contextlib.contextmanager
+def cuda_checks_from_the_runtime():
+    """``torch.cuda.is_available()`` from the CUDA runtime's cached device count while inside.
+
+    Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` when imported, so that its own checks cannot
+    poison a later fork (``ddp_fork``). Every ``is_available()`` then loads NVML and counts devices
+    (~140 us on the 2-core CPU), and Adam/AdamW's ``step`` asks on every step. A process that is
+    already training alone will not fork a CUDA process any more, so there the cached count is safe.
+    """
+    saved = os.environ.pop(NVML_CUDA_CHECK, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[NVML_CUDA_CHECK] = saved

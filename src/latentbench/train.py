@@ -63,7 +63,7 @@ def auto_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model:
     K is the largest of 8, 4, 2 that divides every count in steps (``trainer.max_steps``, integer
     ``limit_train_batches`` and ``val_check_interval``, ``callbacks.periodic_checkpoint.every_n_steps``),
     so that validation, checkpoints and the end fall on the same steps as unfused (a fractional
-    ``val_check_interval`` falls on whole groups: up to K - 1 steps earlier). Else 1. The rule reads
+    ``val_check_interval`` falls on whole groups: up to K - 1 steps off). Else 1. The rule reads
     the config only, so a resumed run gets the K it was saved with.
     """
     trainer = cfg.trainer

@@ -225,6 +225,24 @@ def test_every_run_of_an_experiment_gets_the_experiments_folder(tmp_path, monkey
     assert "experiment=vincent2010_pretrain" in calls[0] and "experiment=vincent2010_mlp,vincent2010_sae3,vincent2010_sdae3" in calls[1]
 
 
+def test_overrides_written_after_only_reach_the_runs_and_a_misspelled_run_is_named(tmp_path, monkeypatch):
+    """`--only table trainer.max_epochs=2`: argparse gives --only every word after it; the overrides among them are overrides."""
+    calls = []
+
+    def fake_train(args):
+        calls.append(args)
+        Path(next(a for a in args if a.startswith("hydra.sweep.dir=")).partition("=")[2]).mkdir(parents=True)
+        return 0
+
+    monkeypatch.setattr("latentbench.launch.run_train", fake_train)
+    monkeypatch.setattr("latentbench.report.main", lambda argv: 0)
+    assert experiment_main(["vincent2010", "--only", "table", "trainer.max_epochs=2", "--out", str(tmp_path / "out")]) == 0
+    assert len(calls) == 1 and "experiment=vincent2010_mlp,vincent2010_sae3,vincent2010_sdae3" in calls[0]
+    assert "trainer.max_epochs=2" in calls[0]
+    with pytest.raises(ConfigError, match=r"experiment --only: tabel \(runs of vincent2010: pretrain, table\)"):
+        experiment_main(["vincent2010", "--only", "tabel", "trainer.max_epochs=2", "--out", str(tmp_path / "other")])
+
+
 @pytest.mark.slow  # 5 runs and 2 reports: 30-50 s on 2 shared CPU cores; the chaining it relies on is checked above
 @needs_mnist
 def test_vincent2010_quick_mode_writes_the_three_rows_with_the_paper_column(tmp_path, capsys):

@@ -90,6 +90,9 @@ def main(argv: list[str]) -> int:
     from latentbench.run_dir import now, write_json
 
     args = parser().parse_intermixed_args(argv)
+    if args.only:  # `--only ldm trainer=cpu`: argparse hands the overrides after --only to it
+        args.overrides = [*(word for word in args.only if "=" in word), *args.overrides]
+        args.only = [word for word in args.only if "=" not in word]
     folder, spec = load_experiment(args.name)
     runs = spec["runs"]
     unknown = sorted(set(args.only or []) - set(runs))

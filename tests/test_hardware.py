@@ -235,7 +235,8 @@ def test_a_one_process_run_asks_cuda_availability_without_nvml_while_it_trains(c
     monkeypatch.setenv(NVML_CUDA_CHECK, "1")
     from latentbench.train import build_run
 
-    built = build_run(cfg_factory("model=ae", "trainer=cpu", "logger=none", "trainer.max_steps=2", "fused_steps=1", "callbacks=none"))
+    built = build_run(cfg_factory("model=ae", "trainer=cpu", "logger=none", "trainer.max_steps=2", "fused_steps=1", "callbacks=none",
+                                  "+callbacks.cuda_checks._target_=latentbench.callbacks.CudaChecksFromTheRuntime"))
     built["trainer"].callbacks.append(Record())
     built["trainer"].fit(built["model"], datamodule=built["datamodule"])
     assert seen == [None, None]

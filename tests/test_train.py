@@ -207,7 +207,7 @@ def test_ae_xavier_init_scales_by_the_activation_and_keeps_the_code_alive(activa
 ALWAYS_ON = {"stop_on_non_finite_loss": "StopOnNonFiniteLoss", "save_on_interrupt": "SaveOnInterrupt",
              "model_checkpoint": "RunCheckpoint", "best_val_metrics": "BestValidationMetrics", "rng_state": "RngStateCheckpoint",
              "model_class": "ModelClassInCheckpoint", "channels_last": "ChannelsLast", "sample_grid": "SampleGrid",
-             "history": "History", "model_summary": "ModelSummary"}
+             "history": "History", "model_summary": "ModelSummary", "cuda_checks": "CudaChecksFromTheRuntime"}
 
 
 def test_every_callback_of_a_run_comes_from_its_config(cfg_factory):

@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from latentbench.callbacks import BestValidationMetrics, CudaChecksFromTheRuntime
+from latentbench.callbacks import BestValidationMetrics
 from latentbench.checkpoints import DurableCheckpointIO, read_checkpoint
 from latentbench.config_check import check_config, signature_names
 from latentbench.devices import cpu_has_native_bf16
@@ -247,7 +247,7 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer,
         "trainer",
         **apply_fused_steps(cfg, datamodule, model),
-        callbacks=[*callbacks, CudaChecksFromTheRuntime()],
+        callbacks=callbacks,
         logger=loggers or False,
         deterministic=cfg.deterministic,
         default_root_dir=cfg.paths.output_dir,

@@ -86,6 +86,13 @@ def check_config(cfg: DictConfig, nodes: tuple[str, ...] = ("data", "model", "co
             _check_node(cfg[name], name, without_imports)
 
 
+def counts_in_steps(trainer: DictConfig) -> dict[str, int]:
+    """The trainer's positive integer counts that fused steps must divide: ``max_steps`` and, when
+    given as counts (not fractions), ``limit_train_batches`` and ``val_check_interval``."""
+    counts = {key: trainer.get(key) for key in ("max_steps", "limit_train_batches", "val_check_interval")}
+    return {key: value for key, value in counts.items() if isinstance(value, int) and not isinstance(value, bool) and value > 0}
+
+
 def check_fused_steps(cfg: DictConfig) -> None:
     """``fused_steps`` K runs K optimizer steps per Lightning step; the trainer's counts in steps and
     batches must then fall on whole groups of K (so that a saved position is a whole group)."""
@@ -97,9 +104,8 @@ def check_fused_steps(cfg: DictConfig) -> None:
     if steps == 1 or "trainer" not in cfg:
         return
     trainer = cfg.trainer
-    for key in ("max_steps", "limit_train_batches", "val_check_interval"):
-        value = trainer.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % steps:
+    for key, value in counts_in_steps(trainer).items():
+        if value % steps:
             raise ConfigError(f"trainer.{key}: {value} is not a multiple of fused_steps={steps}")
     if trainer.get("accumulate_grad_batches", 1) not in (1, None):
         raise ConfigError(f"trainer.accumulate_grad_batches: gradient accumulation does not combine with fused_steps={steps}")

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentbench.callbacks import BestValidationMetrics
 from latentbench.checkpoints import DurableCheckpointIO, read_checkpoint
-from latentbench.config_check import check_config, signature_names
+from latentbench.config_check import check_config, counts_in_steps, signature_names
 from latentbench.devices import cpu_has_native_bf16
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
@@ -81,10 +81,10 @@ def auto_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model:
         return 1, "16-bit precision (a gradient scaler)"
     if trainer.get("accumulate_grad_batches", 1) not in (1, None):
         return 1, "gradient accumulation"
-    checkpoint = (cfg.get("callbacks") or {}).get("periodic_checkpoint") or {}
-    counts = [trainer.get("max_steps"), trainer.get("limit_train_batches"), trainer.get("val_check_interval"),
-              checkpoint.get("every_n_steps")]
-    counts = [c for c in counts if isinstance(c, int) and not isinstance(c, bool) and c > 0]
+    counts = list(counts_in_steps(trainer).values())
+    every_n_steps = ((cfg.get("callbacks") or {}).get("periodic_checkpoint") or {}).get("every_n_steps")
+    if every_n_steps:
+        counts.append(every_n_steps)
     for steps in AUTO_FUSED_STEPS:
         if all(count % steps == 0 for count in counts):
             return steps, "in-memory data, one process"

@@ -54,19 +54,26 @@ class Timing:
     """Wall time of a training run split into its steady stream of steps and the rest.
 
     ``total`` is the whole call; ``steady`` runs from the end of the first step to the end of the
-    last, i.e. ``steps - 1`` steps with no start-up (W&B init, Lightning setup, first-step
-    allocations) and no wind-down (final checkpoint, W&B finish); ``fixed = total - steady``.
+    last, with no start-up (W&B init, Lightning setup, first-step allocations) and no wind-down
+    (final checkpoint, W&B finish); ``fixed = total - steady``. ``steady_steps`` counts the optimizer
+    steps inside that window: ``steps - 1``, or ``steps - K`` when a Lightning step runs K fused ones.
     """
 
     def __init__(self) -> None:
         self.total = self.first_step_end = self.last_step_end = 0.0
+        self.first_step_count = self.last_step_count = 0
 
-    def step_ended(self, sync) -> None:
+    def step_ended(self, sync, steps_done: int) -> None:
+        """Note the end of a step; ``steps_done``: optimizer steps taken so far, this one included."""
         sync()
         now = time.perf_counter()
         if not self.first_step_end:
-            self.first_step_end = now
-        self.last_step_end = now
+            self.first_step_end, self.first_step_count = now, steps_done
+        self.last_step_end, self.last_step_count = now, steps_done
+
+    @property
+    def steady_steps(self) -> int:
+        return self.last_step_count - self.first_step_count
 
     @property
     def steady(self) -> float:
@@ -80,7 +87,7 @@ class StepClock(pl.Callback):
         self.timing, self.sync = timing, sync
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.timing.step_ended(self.sync)
+        self.timing.step_ended(self.sync, trainer.global_step)
 
 
 def synchronizer(device: str):

@@ -246,7 +246,7 @@ class PlainLoop:
             start = time.perf_counter()
             with torch.no_grad():
                 latent_std = float(self.first_stage.encode_latents(next(batches)["image"].to(self.device)).std())
-            for _ in range(steps):
+            for step in range(1, steps + 1):
                 loss = self.loss(unet, next(batches), latent_std)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -254,7 +254,7 @@ class PlainLoop:
                 scaler.update()
                 if ema is not None:
                     ema.update_parameters(unet)
-                timing.step_ended(sync)
+                timing.step_ended(sync, step)
             sync()
             timing.total = time.perf_counter() - start
         return timing
@@ -302,8 +302,8 @@ def main() -> None:
     ours = [args.steps * args.batch_size / t.total for t in our_timings]
     theirs = [args.steps * args.batch_size / t.total for t in their_timings]
     # from the end of the first step to the end of the last: the per-step cost, without fit start-up
-    ours_steady = [(args.steps - 1) * args.batch_size / t.steady for t in our_timings]
-    theirs_steady = [(args.steps - 1) * args.batch_size / t.steady for t in their_timings]
+    ours_steady = [t.steady_steps * args.batch_size / t.steady for t in our_timings]
+    theirs_steady = [t.steady_steps * args.batch_size / t.steady for t in their_timings]
     ratios = [a / b for a, b in zip(ours, theirs)]
     # MFU against the peak of the dtype latentbench's matmuls run in (auto: bf16 on a GPU)
     peak = peak_flops(args.device, "bf16-mixed" if args.precision == "auto" else args.precision)

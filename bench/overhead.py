@@ -115,8 +115,8 @@ def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, on_
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                timing.step_ended(sync)
                 step += 1
+                timing.step_ended(sync, step)
                 if step == steps:
                     break
         sync()
@@ -151,7 +151,7 @@ def main() -> None:
     images = args.steps * args.batch_size
 
     def throughput(timings: list[Timing], steady: bool) -> list[float]:
-        return [(images - args.batch_size) / t.steady if steady else images / t.total for t in timings]
+        return [t.steady_steps * args.batch_size / t.steady if steady else images / t.total for t in timings]
 
     result = {
         "benchmark": "overhead", "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
@@ -162,7 +162,7 @@ def main() -> None:
         "steady_throughput_ratio": spread([a / b for a, b in zip(throughput(ours, True), throughput(plain, True))]),
         # what the harness adds to every optimizer step, whatever the model (ms): a model whose step
         # takes T ms runs at T / (T + this) of the plain loop's speed
-        "per_step_overhead_ms": spread([1000 * (a.steady - b.steady) / (args.steps - 1) for a, b in zip(ours, plain)]),
+        "per_step_overhead_ms": spread([1000 * (a.steady / a.steady_steps - b.steady / b.steady_steps) for a, b in zip(ours, plain)]),
         "latentbench_fixed_seconds": spread([t.total - t.steady for t in ours]),
         "plain_loop_fixed_seconds": spread([t.total - t.steady for t in plain]),
         **environment(args.device),

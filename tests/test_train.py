@@ -154,18 +154,28 @@ def logged_train_losses(cfg_factory, tmp_path, every: int) -> dict[int, float]:
 
 
 def test_training_values_are_logged_only_on_the_steps_lightning_writes(cfg_factory, tmp_path, monkeypatch):
+    import latentbench.models.base as base
     from latentbench.models.ae import AutoEncoder
 
     every_step = logged_train_losses(cfg_factory, tmp_path, every=1)
     calls = []
     original_log = AutoEncoder.log
     monkeypatch.setattr(AutoEncoder, "log", lambda self, name, *a, **k: (calls.append((name, self.global_step)), original_log(self, name, *a, **k)))
-    every_fifth = logged_train_losses(cfg_factory, tmp_path, every=5)
+    every_fifth = logged_train_losses(cfg_factory, tmp_path / "fast", every=5)
     assert sorted(every_step) == list(range(20))
     assert sorted(every_fifth) == [4, 9, 14, 19]
     # the same numbers as when every step is logged: skipping the other steps changes nothing written
     assert every_fifth == pytest.approx({step: every_step[step] for step in every_fifth}, rel=1e-6)
+    # self.log registers the value at the first logged step of each epoch (8 steps: 400 images at batch
+    # 50); the epoch's later steps update it in place (update_logged_step_value)
+    assert [step for name, step in calls if name == "train/loss"] == [4, 9, 19]
+
+    # and what the in-place update writes is what self.log on every logged step writes
+    calls.clear()
+    monkeypatch.setattr(base, "update_logged_step_value", lambda *args: False)
+    through_self_log = logged_train_losses(cfg_factory, tmp_path / "slow", every=5)
     assert [step for name, step in calls if name == "train/loss"] == [4, 9, 14, 19]
+    assert through_self_log == every_fifth
 
 
 def test_ae_dropout_regularises_in_training_only(cfg_factory):

@@ -81,11 +81,13 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
 
 
 def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, on_device: bool,
-                       profile: Path | None = None) -> Timing:
+                       profile: Path | None = None, wandb_every: int = 0) -> Timing:
     """The same model class, data, optimizer and step count in a hand-written loop.
 
     With ``on_device`` the uint8 images live on the device and batches are gathered there; without
     it they stay on the CPU and each float batch is copied over, as latentbench's loader serves them.
+    With ``wandb_every`` N > 0 the loop also logs what latentbench logs (the loss, the epoch, the
+    step) to an offline W&B run every N steps, as a hand-written loop with W&B would.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -104,24 +106,50 @@ def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, on_
     network = instantiate(model_cfg, input_shape=[1, 28, 28], _recursive_=False, _convert_="all").to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=model_cfg.optimizer.lr)
     timing, sync = Timing(), synchronizer(device)
-    # as in a script that never imported Lightning (which sets PYTORCH_NVML_BASED_CUDA_CHECK)
-    with cuda_checks_from_the_runtime(), profiled(profile):
-        start = time.perf_counter()
-        step = 0
-        while step < steps:
-            for index in torch.randperm(len(images), device=images.device).split(batch_size):
-                x = (images[index].float() / 255).to(device)
-                loss = network.training_loss(network(x), x)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                timing.step_ended(sync, step)
-                if step == steps:
-                    break
-        sync()
-        timing.total = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as run_dir:
+        run = wandb_run(run_dir) if wandb_every else None
+        # as in a script that never imported Lightning (which sets PYTORCH_NVML_BASED_CUDA_CHECK)
+        with cuda_checks_from_the_runtime(), profiled(profile):
+            start = time.perf_counter()
+            step = epoch = 0
+            while step < steps:
+                for index in torch.randperm(len(images), device=images.device).split(batch_size):
+                    x = (images[index].float() / 255).to(device)
+                    loss = network.training_loss(network(x), x)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    if run is not None and step % wandb_every == 0:
+                        run.log({"train/loss": loss.item(), "epoch": epoch, "trainer/global_step": step - 1})
+                    timing.step_ended(sync, step)
+                    if step == steps:
+                        break
+                epoch += 1
+            sync()
+            timing.total = time.perf_counter() - start
+        if run is not None:
+            run.finish()
     return timing
+
+
+def wandb_run(run_dir: str):
+    """An offline W&B run, as latentbench's logger starts one (not timed)."""
+    import wandb
+
+    return wandb.init(project="latentbench-bench", dir=run_dir, mode="offline", reinit="create_new")
+
+
+def log_every_n_steps(overrides: tuple[str, ...]) -> int:
+    """``trainer.log_every_n_steps`` of the latentbench side: the last override that sets it, else the config's."""
+    import yaml
+
+    from latentbench.compose import conf_dir
+
+    for override in reversed(overrides):
+        if override.startswith("trainer.log_every_n_steps="):
+            return int(override.split("=", 1)[1])
+    return int(yaml.safe_load((conf_dir() / "trainer" / "default.yaml").read_text())["log_every_n_steps"])
 
 
 def main() -> None:
@@ -135,6 +163,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="after the timed repetitions, run each side once more under the PyTorch profiler and "
                              "write its op table to bench/results/<name>-profile-{latentbench,plain}.txt")
+    parser.add_argument("--plain-logs-to-wandb", action="store_true",
+                        help="the plain loop also logs the loss to an offline W&B run every trainer.log_every_n_steps "
+                             "steps (10, or what --override sets): the baseline of a hand-written loop with W&B")
     add_ab_arguments(parser, "an extra Hydra override for the latentbench side (callbacks, logger, trainer; not the "
                              "model, which the plain loop would not see), e.g. callbacks.periodic_checkpoint.every_n_steps=100",
                      "overhead-<model>-<device>[-ondevice]")
@@ -142,12 +173,15 @@ def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     name = args.name or f"overhead-{args.model}-{args.device.split(':')[0]}{'-ondevice' if args.on_device else ''}"
     overrides = tuple(args.override)
+    wandb_every = log_every_n_steps(overrides) if args.plain_logs_to_wandb else 0
+    if args.plain_logs_to_wandb and not args.name:
+        name += "-plainwandb"
 
     plain_loop_seconds(args.model, 5, args.batch_size, args.device, args.on_device)  # warm-up: allocator, kernels
     ours, plain = [], []
     for _ in range(args.reps):
         ours.append(latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, overrides=overrides))
-        plain.append(plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device))
+        plain.append(plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, wandb_every=wandb_every))
     images = args.steps * args.batch_size
 
     def throughput(timings: list[Timing], steady: bool) -> list[float]:
@@ -156,6 +190,7 @@ def main() -> None:
     result = {
         "benchmark": "overhead", "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
         "device_kind": args.device, "on_device": args.on_device, "overrides": list(overrides),
+        "plain_loop_logs_to_wandb_every": wandb_every,
         "latentbench_images_per_s": spread(throughput(ours, False)), "plain_loop_images_per_s": spread(throughput(plain, False)),
         "throughput_ratio": spread([a / b for a, b in zip(throughput(ours, False), throughput(plain, False))]),
         # the same from the end of the first step to the end of the last: per-step cost only
@@ -170,7 +205,8 @@ def main() -> None:
     if args.profile:
         for side, run in (("latentbench", lambda p: latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p,
                                                                      overrides)),
-                          ("plain", lambda p: plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p))):
+                          ("plain", lambda p: plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p,
+                                                                 wandb_every))):
             timing = run(Path(f"{RESULTS}/{name}-profile-{side}.txt"))
             result[f"profiled_{side}_seconds"] = {"total": timing.total, "steady": timing.steady}
     path = write_result(name, result)

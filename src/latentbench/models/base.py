@@ -132,7 +132,7 @@ def update_logged_step_value(module: pl.LightningModule, name: str, value: torch
     of the stored result to the value's device that walks the whole result object, ~0.7 ms a call on
     a CPU (bench/README.md), a fifth of a small model's step. Only the plain case takes this path: a
     float tensor on the stored result's device, logged on_step only, in the hook Lightning is in, with
-    no pending reset of that hook's results (a new epoch's first batch goes through ``module.log``).
+    no pending reset of that hook's results (an epoch's first logged step goes through ``module.log``).
     """
     trainer, fx = module._trainer, module._current_fx_name
     results = getattr(trainer, "_results", None)

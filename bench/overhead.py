@@ -50,17 +50,10 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
     (plus a callback that notes the end of each step)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from latentbench.compose import compose_run_config
     from latentbench.train import build_run
 
-    accelerator = "gpu" if device.startswith("cuda") else "cpu"
     with tempfile.TemporaryDirectory() as output_dir:
-        cfg = compose_run_config([
-            f"model={model}", "data=mnist", f"data.root={MNIST}", f"data.batch_size={batch_size}",
-            f"data.on_device={str(on_device).lower()}", f"trainer.accelerator={accelerator}",
-            f"trainer.max_steps={steps}", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
-            "logger=wandb", "logger.wandb.mode=offline", *overrides,
-        ], output_dir)
+        cfg = run_config(model, steps, batch_size, device, on_device, overrides, output_dir)
         objects = build_run(cfg)
         trainer, module, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
         timing = Timing()
@@ -78,6 +71,20 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
             logger.experiment.finish()
         GlobalHydra.instance().clear()
     return timing
+
+
+def run_config(model: str, steps: int, batch_size: int, device: str, on_device: bool, overrides: tuple[str, ...],
+               output_dir: str):
+    """The latentbench side's run config: ``model`` on MNIST for ``steps`` steps, W&B offline, no validation."""
+    from latentbench.compose import compose_run_config
+
+    accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    return compose_run_config([
+        f"model={model}", "data=mnist", f"data.root={MNIST}", f"data.batch_size={batch_size}",
+        f"data.on_device={str(on_device).lower()}", f"trainer.accelerator={accelerator}",
+        f"trainer.max_steps={steps}", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
+        "logger=wandb", "logger.wandb.mode=offline", *overrides,
+    ], output_dir)
 
 
 def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, on_device: bool,
@@ -140,18 +147,6 @@ def wandb_run(run_dir: str):
     return wandb.init(project="latentbench-bench", dir=run_dir, mode="offline", reinit="create_new")
 
 
-def log_every_n_steps(overrides: tuple[str, ...]) -> int:
-    """``trainer.log_every_n_steps`` of the latentbench side: the last override that sets it, else the config's."""
-    import yaml
-
-    from latentbench.compose import conf_dir
-
-    for override in reversed(overrides):
-        if override.startswith("trainer.log_every_n_steps="):
-            return int(override.split("=", 1)[1])
-    return int(yaml.safe_load((conf_dir() / "trainer" / "default.yaml").read_text())["log_every_n_steps"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ae_hinton", choices=["ae_hinton", "ae_conv", "ae"])
@@ -173,7 +168,14 @@ def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     name = args.name or f"overhead-{args.model}-{args.device.split(':')[0]}{'-ondevice' if args.on_device else ''}"
     overrides = tuple(args.override)
-    wandb_every = log_every_n_steps(overrides) if args.plain_logs_to_wandb else 0
+    wandb_every = 0
+    if args.plain_logs_to_wandb:  # the cadence of the latentbench side, whatever sets it (an override, an experiment)
+        from hydra.core.global_hydra import GlobalHydra
+
+        with tempfile.TemporaryDirectory() as output_dir:
+            cfg = run_config(args.model, args.steps, args.batch_size, args.device, args.on_device, overrides, output_dir)
+            wandb_every = int(cfg.trainer.log_every_n_steps)
+        GlobalHydra.instance().clear()
     if args.plain_logs_to_wandb and not args.name:
         name += "-plainwandb"
 

@@ -57,11 +57,15 @@ class Timing:
     last, with no start-up (W&B init, Lightning setup, first-step allocations) and no wind-down
     (final checkpoint, W&B finish); ``fixed = total - steady``. ``steady_steps`` counts the optimizer
     steps inside that window: ``steps - 1``, or ``steps - K`` when a Lightning step runs K fused ones.
+
+    Every step end is kept (``ends``: ``(time, steps done)``), so that the steady window can also be
+    cut into windows of a fixed number of steps (:meth:`window_seconds`).
     """
 
     def __init__(self) -> None:
         self.total = self.first_step_end = self.last_step_end = 0.0
         self.first_step_count = self.last_step_count = 0
+        self.ends: list[tuple[float, int]] = []
 
     def step_ended(self, sync, steps_done: int) -> None:
         """Note the end of a step; ``steps_done``: optimizer steps taken so far, this one included."""
@@ -70,6 +74,14 @@ class Timing:
         if not self.first_step_end:
             self.first_step_end, self.first_step_count = now, steps_done
         self.last_step_end, self.last_step_count = now, steps_done
+        self.ends.append((now, steps_done))
+
+    def window_seconds(self, window: int) -> list[float]:
+        """Seconds of each run of ``window`` optimizer steps after the first step, back to back: the
+        windows end at the step ends whose count is the first one's plus a multiple of ``window``
+        (so ``window`` must be a multiple of a fused run's K)."""
+        marks = [(time_, count) for time_, count in self.ends if (count - self.first_step_count) % window == 0]
+        return [later[0] - earlier[0] for earlier, later in zip(marks, marks[1:]) if later[1] - earlier[1] == window]
 
     @property
     def steady_steps(self) -> int:

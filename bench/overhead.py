@@ -13,7 +13,9 @@ The latentbench side runs as a user runs it: W&B logger (offline), default callb
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import tempfile
 import time
 from contextlib import nullcontext
@@ -57,6 +59,8 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
         objects = build_run(cfg)
         trainer, module, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
         timing = Timing()
+        # windows that hold the same steps on both sides: whole groups of fused steps, whole logging periods
+        timing.window = math.lcm(getattr(datamodule, "fused_steps", 1), int(cfg.trainer.log_every_n_steps))
         trainer.callbacks.append(StepClock(timing, synchronizer(device)))
         # data loading is not training time, on either side; the trainer must be attached first, or
         # setup cannot see the device and data.on_device would leave the splits on the CPU
@@ -140,6 +144,12 @@ def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, on_
     return timing
 
 
+def median_windows(timings: list[Timing], window: int) -> float:
+    """The median seconds of a ``window``-step window over all of ``timings``' steady windows (NaN: none)."""
+    windows = [seconds for timing in timings for seconds in timing.window_seconds(window)]
+    return statistics.median(windows) if windows else math.nan
+
+
 def wandb_run(run_dir: str):
     """An offline W&B run, as latentbench's logger starts one (not timed)."""
     import wandb
@@ -185,6 +195,7 @@ def main() -> None:
         ours.append(latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, overrides=overrides))
         plain.append(plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, wandb_every=wandb_every))
     images = args.steps * args.batch_size
+    window = ours[0].window
 
     def throughput(timings: list[Timing], steady: bool) -> list[float]:
         return [t.steady_steps * args.batch_size / t.steady if steady else images / t.total for t in timings]
@@ -200,6 +211,13 @@ def main() -> None:
         # what the harness adds to every optimizer step, whatever the model (ms): a model whose step
         # takes T ms runs at T / (T + this) of the plain loop's speed
         "per_step_overhead_ms": spread([1000 * (a.steady / a.steady_steps - b.steady / b.steady_steps) for a, b in zip(ours, plain)]),
+        # the same, robust to the machine's slow spells: the steady window cut into windows of
+        # lcm(K, log_every_n_steps) steps (the same logged steps and group ends in each), the median
+        # window of each side, all repetitions pooled; min-max: the ratio of the medians of each pair
+        "window_steps": window,
+        "steady_window_median_ratio": {
+            "pooled": median_windows(plain, window) / median_windows(ours, window),
+            **spread([median_windows([b], window) / median_windows([a], window) for a, b in zip(ours, plain)])},
         "latentbench_fixed_seconds": spread([t.total - t.steady for t in ours]),
         "plain_loop_fixed_seconds": spread([t.total - t.steady for t in plain]),
         **environment(args.device),
@@ -212,9 +230,10 @@ def main() -> None:
             timing = run(Path(f"{RESULTS}/{name}-profile-{side}.txt"))
             result[f"profiled_{side}_seconds"] = {"total": timing.total, "steady": timing.steady}
     path = write_result(name, result)
-    r, s = result["throughput_ratio"], result["steady_throughput_ratio"]
+    r, s, w = result["throughput_ratio"], result["steady_throughput_ratio"], result["steady_window_median_ratio"]
     print(f"{name}: latentbench/plain throughput ratio median {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}), "
-          f"steps only {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f}), "
+          f"steps only {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f}), median {window}-step window {w['pooled']:.3f} "
+          f"(pairs {w['min']:.3f}-{w['max']:.3f}), "
           f"{result['per_step_overhead_ms']['median']:.2f} ms more per step; fixed cost per fit "
           f"{result['latentbench_fixed_seconds']['median']:.2f} s vs {result['plain_loop_fixed_seconds']['median']:.2f} s "
           f"over {args.reps} reps of {args.steps} steps -> {path}")

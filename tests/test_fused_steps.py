@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
@@ -143,7 +145,7 @@ def test_auto_fuses_a_default_run_and_trains_it_exactly_as_single_steps(single_s
     """``fused_steps: auto`` (the default) fuses a small model on in-memory data: same values, same steps."""
     result = run_cli("train", *RUN, SCHEDULERS["step"], f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "fused_steps=auto: 8 optimizer steps per Lightning step (in-memory data, one process)" in result.stdout + result.stderr
+    assert "fused_steps=auto: 32 optimizer steps per Lightning step (in-memory data, one process)" in result.stdout + result.stderr
     fused, single = RunDir(tmp_path), single_steps["step"]
     assert {k: fused.metrics()[k] for k in COMPARED} == {k: single.metrics()[k] for k in COMPARED}
     assert train_loss_rows(fused) == train_loss_rows(single)
@@ -154,7 +156,8 @@ class StreamingData:
 
 
 @pytest.mark.parametrize(("overrides", "steps", "why"), [
-    ([], 8, "in-memory data, one process"),
+    ([], 32, "in-memory data, one process"),
+    (["trainer.max_steps=48"], 16, "in-memory data, one process"),
     (["trainer.max_steps=12"], 4, "in-memory data, one process"),
     (["trainer.max_steps=12", "callbacks.periodic_checkpoint.every_n_steps=10"], 2, "in-memory data, one process"),
     (["trainer.val_check_interval=6", "trainer.max_epochs=1"], 2, "in-memory data, one process"),
@@ -177,3 +180,46 @@ def test_auto_picks_the_largest_group_that_keeps_every_count_exact(tmp_path, ove
         GlobalHydra.instance().clear()
     datamodule = StreamingData() if "streaming" in overrides else built["datamodule"]
     assert auto_fused_steps(cfg, datamodule, built["model"]) == (steps, why)
+
+
+class InMemoryData:
+    supports_fused_steps = True
+    corrupt_splits = ("train", "val", "test")
+
+    def __init__(self, batch_size: int, image_shape: tuple[int, int, int], corruption=None):
+        self.batch_size, self.image_shape, self.corruption = batch_size, image_shape, corruption
+
+
+@pytest.mark.parametrize(("batch_size", "image_shape", "corrupted", "steps", "why"), [
+    (128, (1, 28, 28), False, 32, "in-memory data, one process"),  # 0.4 MiB a batch
+    (1024, (1, 28, 28), False, 16, "in-memory data, one process"),  # 3.1 MiB: 16 of them fit in 64 MiB
+    (1024, (1, 28, 28), True, 8, "in-memory data, one process"),  # the corrupted input doubles it
+    (20000, (3, 64, 64), False, 1, "a batch of 938 MiB: 2 of them exceed 64 MiB"),
+])
+def test_auto_keeps_a_group_of_batches_within_its_memory_budget(tmp_path, batch_size, image_shape, corrupted, steps, why):
+    from latentbench.train import auto_fused_steps
+
+    cfg = make_cfg(["trainer=cpu", "logger=none"], tmp_path)
+    GlobalHydra.instance().clear()
+    data = InMemoryData(batch_size, image_shape, corruption=object() if corrupted else None)
+    assert auto_fused_steps(cfg, data, SimpleNamespace(automatic_optimization=True)) == (steps, why)
+
+
+def saved_with_group(group: int) -> dict:
+    """The part of a Lightning checkpoint that holds the training loader's saved position."""
+    return {"loops": {"fit_loop": {"state_dict": {"combined_loader": [{"epoch": 0, "batches_consumed": 16, "group": group}]}}}}
+
+
+@pytest.mark.parametrize(("overrides", "checkpoint", "expected"), [
+    ([], saved_with_group(8), 8),  # auto: the K the run was saved with, whatever the rule picks today
+    (["trainer.max_steps=12"], saved_with_group(8), "auto"),  # a count that K = 8 would break: the rule decides
+    (["fused_steps=4"], saved_with_group(8), 4),  # explicit: kept (the loader's restore names the mismatch)
+    ([], {"state_dict": {}}, "auto"),  # a checkpoint from before fused steps
+])
+def test_a_resumed_auto_run_fuses_as_many_steps_as_it_was_saved_with(tmp_path, overrides, checkpoint, expected):
+    from latentbench.train import adopt_saved_fused_steps
+
+    cfg = make_cfg(["trainer=cpu", "logger=none", *overrides], tmp_path)
+    GlobalHydra.instance().clear()
+    adopt_saved_fused_steps(cfg, checkpoint)
+    assert cfg.fused_steps == expected

@@ -52,7 +52,8 @@ def apply_compile(model: pl.LightningModule, cfg: DictConfig) -> pl.LightningMod
     return torch.compile(model, mode=options.mode, backend=options.backend)
 
 
-AUTO_FUSED_STEPS = (8, 4, 2)  # fused_steps=auto: the largest of these that every count in steps allows
+AUTO_FUSED_STEPS = (32, 16, 8, 4, 2)  # fused_steps=auto: the largest of these that the counts and memory allow
+FUSED_BATCH_BYTES = 64 * 2**20  # fused_steps=auto keeps a group of K batches (float32) within this
 
 
 def auto_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model: pl.LightningModule) -> tuple[int, str]:
@@ -60,11 +61,12 @@ def auto_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model:
 
     K > 1 where fusing changes nothing a user counts: an in-memory data module, one optimizer under
     automatic optimisation, one process, no gradient scaler (16-mixed) and no gradient accumulation;
-    K is the largest of 8, 4, 2 that divides every count in steps (``trainer.max_steps``, integer
-    ``limit_train_batches`` and ``val_check_interval``, ``callbacks.periodic_checkpoint.every_n_steps``),
+    K is the largest of 32, 16, 8, 4, 2 that divides every count in steps (``trainer.max_steps``,
+    integer ``limit_train_batches`` and ``val_check_interval``, ``callbacks.periodic_checkpoint.every_n_steps``),
     so that validation, checkpoints and the end fall on the same steps as unfused (a fractional
-    ``val_check_interval`` falls on whole groups: up to K - 1 steps off). Else 1. The rule reads
-    the config only, so a resumed run gets the K it was saved with.
+    ``val_check_interval`` falls on whole groups: up to K - 1 steps off), and whose group of K
+    batches fits in :data:`FUSED_BATCH_BYTES`. Else 1. The rule reads the config and the data's
+    shape only; a resumed run takes the K it was saved with (:func:`adopt_saved_fused_steps`).
     """
     trainer = cfg.trainer
     if trainer.get("fast_dev_run"):
@@ -83,12 +85,24 @@ def auto_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model:
         return 1, "gradient accumulation"
     counts = list(counts_in_steps(trainer).values())
     every_n_steps = ((cfg.get("callbacks") or {}).get("periodic_checkpoint") or {}).get("every_n_steps")
-    if every_n_steps:
+    if isinstance(every_n_steps, int) and not isinstance(every_n_steps, bool) and every_n_steps > 0:
         counts.append(every_n_steps)
-    for steps in AUTO_FUSED_STEPS:
-        if all(count % steps == 0 for count in counts):
-            return steps, "in-memory data, one process"
-    return 1, f"the counts in steps {counts} share no factor of 2"
+    batch_bytes = served_batch_bytes(datamodule)
+    fitting = [steps for steps in AUTO_FUSED_STEPS if all(count % steps == 0 for count in counts)]
+    if not fitting:
+        return 1, f"the counts in steps {counts} share no factor of 2"
+    steps = next((steps for steps in fitting if steps * batch_bytes <= FUSED_BATCH_BYTES), 1)
+    if steps == 1:
+        return 1, f"a batch of {batch_bytes / 2**20:.0f} MiB: {fitting[-1]} of them exceed {FUSED_BATCH_BYTES // 2**20} MiB"
+    return steps, "in-memory data, one process"
+
+
+def served_batch_bytes(datamodule: pl.LightningDataModule) -> int:
+    """Bytes of one training batch as an in-memory data module serves it: float32 images, and as
+    much again for a corrupted input beside them."""
+    images = getattr(datamodule, "batch_size", 1) * math.prod(getattr(datamodule, "image_shape", (1,))) * 4
+    corrupted = getattr(datamodule, "corruption", None) is not None and "train" in getattr(datamodule, "corrupt_splits", ())
+    return images * (2 if corrupted else 1)
 
 
 def apply_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model: pl.LightningModule) -> dict[str, Any]:
@@ -338,8 +352,23 @@ def resume_checkpoint(cfg: DictConfig, run: RunDir) -> str | None:
         return None
     from hydra.utils import get_class
 
-    read_checkpoint(run.last_checkpoint, "resume", expected=get_class(cfg.model._target_))
+    checkpoint = read_checkpoint(run.last_checkpoint, "resume", expected=get_class(cfg.model._target_))
+    adopt_saved_fused_steps(cfg, checkpoint)
     return str(run.last_checkpoint)
+
+
+def adopt_saved_fused_steps(cfg: DictConfig, checkpoint: dict[str, Any]) -> None:
+    """Under ``fused_steps: auto``, a resumed run fuses as many steps as the run it continues (the
+    data position of a checkpoint saved mid-epoch is in groups of that size), whatever today's rule
+    would pick, if the counts in steps allow it; an explicit K stays (and must match, as the data
+    loader's restore checks)."""
+    if cfg.get("fused_steps", 1) != "auto":
+        return
+    loader_states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [{}]
+    saved = loader_states[0].get("group") if isinstance(loader_states[0], dict) else None
+    if isinstance(saved, int) and saved >= 1 and all(count % saved == 0 for count in counts_in_steps(cfg.trainer).values()):
+        log.info("fused_steps=auto: %d, as the run was saved with", saved)
+        cfg.fused_steps = saved
 
 
 def reuse_wandb_run(cfg: DictConfig, run: RunDir) -> None:

@@ -73,6 +73,9 @@ class FusedTrainingStep:
         chunks = split_batch(batch, self.batch_size)
         if trainer.max_steps >= 0:  # never past max_steps (fast_dev_run sets it to 1)
             chunks = chunks[: max(trainer.max_steps - trainer.global_step, 0)]
+        direct = self._direct(trainer)
+        raw_optimizer = optimizer.optimizer  # zero_grad and step without LightningOptimizer's forwarding
+        step_schedulers = self._schedulers("step")
         losses = []
         for index, chunk in enumerate(chunks):
             if index:
@@ -81,14 +84,15 @@ class FusedTrainingStep:
                 epoch_loop._batches_that_stepped += 1
             loss = self.step_fn(chunk, batch_idx * self.steps + index)
             losses.append(loss.detach())
-            optimizer.zero_grad(set_to_none=True)
-            if self._direct(trainer):
+            raw_optimizer.zero_grad(set_to_none=True)
+            if direct:
                 self._direct_step(loss, optimizer, trainer)
             else:
                 module.manual_backward(loss)
                 self._clip(optimizer)
                 optimizer.step()
-            self._step_schedulers("step")
+            if step_schedulers:
+                self._step(step_schedulers, trainer.global_step)
             if index < len(chunks) - 1:
                 if self.after_each_step is not None:  # a model's per-step hook (EMA update, clamping)
                     self.after_each_step(None, chunk, batch_idx * self.steps + index)
@@ -97,7 +101,7 @@ class FusedTrainingStep:
                     # group's last step is written by Lightning itself after this call)
                     trainer._logger_connector.update_train_step_metrics()
         if epoch_loop.batch_progress.is_last_batch or epoch_loop._num_ready_batches_reached():
-            self._step_schedulers("epoch")
+            self._step(self._schedulers("epoch"), trainer.current_epoch + 1)
         return torch.stack(losses)
 
     def _direct(self, trainer: pl.Trainer) -> bool:
@@ -121,11 +125,16 @@ class FusedTrainingStep:
             self.module.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
                                        gradient_clip_algorithm=self.gradient_clip_algorithm)
 
-    def _step_schedulers(self, interval: str) -> None:
-        trainer = self.module.trainer
-        for config in trainer.lr_scheduler_configs:
-            count = trainer.global_step if interval == "step" else trainer.current_epoch + 1
-            if config.interval == interval and count % config.frequency == 0 and not config.reduce_on_plateau:
+    def _schedulers(self, interval: str) -> list:
+        """The LR scheduler configs stepped every ``interval`` ("step" or "epoch") here."""
+        return [config for config in self.module.trainer.lr_scheduler_configs
+                if config.interval == interval and not config.reduce_on_plateau]
+
+    @staticmethod
+    def _step(configs: list, count: int) -> None:
+        """Step the schedulers whose frequency divides ``count`` (the global step, or the epochs done)."""
+        for config in configs:
+            if count % config.frequency == 0:
                 config.scheduler.step()
 
 

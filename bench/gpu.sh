@@ -11,7 +11,8 @@
 #                    fp32 diffusers loop, whole fit (64 px, 4x32x32 latents)
 #   sd_mfu           goal 6: MFU of a Stable-Diffusion-sized U-Net (320-640-1280, 2 layers a block, attention
 #                    at every level) on 4x32x32 latents, bf16-mixed, text conditioning
-#   overhead         goal 1: both AEs, one Lightning step per optimizer step, data on the CPU and on the GPU
+#   overhead         goal 1: both AEs at the default (fused_steps=auto: K = 32 for 512 steps), data on the CPU
+#                    and on the GPU
 #   time_to_quality  goal 3: the hinton2006_ae30 recipe to test error 3.00, fused_steps=8, cut at 8.5 minutes
 #   parallel         goal 5: a 12-trial MNIST AE grid, 1 vs 4 trials at once sharing the GPU
 #   diffusion, eval, test, checkpoint_ab: the earlier figures (same precision on both sides; FID + CLIP score
@@ -68,11 +69,11 @@ if want sd_mfu; then
         --override "model.unet.attention=[true,true,true]" --override model.unet.attention_head_dim=64 \
         --override model.unet.norm_num_groups=32 --steps 40 --reps 2 --name diffusion-text-cuda-sd-size
 fi
-# harness overhead: Hinton MLP and conv AE, data served from the CPU and held on the GPU
+# harness overhead at the default: Hinton MLP and conv AE, data served from the CPU and held on the GPU
 if want overhead; then
     for model in ae_hinton ae_conv; do
-        step 90 -m bench.overhead --model "$model" --device cuda --steps 500 --reps 3
-        step 90 -m bench.overhead --model "$model" --device cuda --steps 500 --reps 3 --on-device
+        step 90 -m bench.overhead --model "$model" --device cuda --steps 512 --reps 3
+        step 90 -m bench.overhead --model "$model" --device cuda --steps 512 --reps 3 --on-device
     done
 fi
 # time to 13.87 (PCA-30) with the fastest CPU recipe, data on the GPU

@@ -213,6 +213,7 @@ def saved_with_group(group: int) -> dict:
 @pytest.mark.parametrize(("overrides", "checkpoint", "expected"), [
     ([], saved_with_group(8), 8),  # auto: the K the run was saved with, whatever the rule picks today
     (["trainer.max_steps=12"], saved_with_group(8), "auto"),  # a count that K = 8 would break: the rule decides
+    (["callbacks.periodic_checkpoint.every_n_steps=20"], saved_with_group(8), "auto"),
     (["fused_steps=4"], saved_with_group(8), 4),  # explicit: kept (the loader's restore names the mismatch)
     ([], {"state_dict": {}}, "auto"),  # a checkpoint from before fused steps
 ])

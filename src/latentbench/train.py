@@ -83,10 +83,7 @@ def auto_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model:
         return 1, "16-bit precision (a gradient scaler)"
     if trainer.get("accumulate_grad_batches", 1) not in (1, None):
         return 1, "gradient accumulation"
-    counts = list(counts_in_steps(trainer).values())
-    every_n_steps = ((cfg.get("callbacks") or {}).get("periodic_checkpoint") or {}).get("every_n_steps")
-    if isinstance(every_n_steps, int) and not isinstance(every_n_steps, bool) and every_n_steps > 0:
-        counts.append(every_n_steps)
+    counts = counts_a_group_must_divide(cfg)
     batch_bytes = served_batch_bytes(datamodule)
     fitting = [steps for steps in AUTO_FUSED_STEPS if all(count % steps == 0 for count in counts)]
     if not fitting:
@@ -95,6 +92,15 @@ def auto_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model:
     if steps == 1:
         return 1, f"a batch of {batch_bytes / 2**20:.0f} MiB: {fitting[-1]} of them exceed {FUSED_BATCH_BYTES // 2**20} MiB"
     return steps, "in-memory data, one process"
+
+
+def counts_a_group_must_divide(cfg: DictConfig) -> list[int]:
+    """The run's counts in steps (the trainer's, and the periodic checkpoint's ``every_n_steps``)."""
+    counts = list(counts_in_steps(cfg.trainer).values())
+    every_n_steps = ((cfg.get("callbacks") or {}).get("periodic_checkpoint") or {}).get("every_n_steps")
+    if isinstance(every_n_steps, int) and not isinstance(every_n_steps, bool) and every_n_steps > 0:
+        counts.append(every_n_steps)
+    return counts
 
 
 def served_batch_bytes(datamodule: pl.LightningDataModule) -> int:
@@ -366,7 +372,7 @@ def adopt_saved_fused_steps(cfg: DictConfig, checkpoint: dict[str, Any]) -> None
         return
     loader_states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [{}]
     saved = loader_states[0].get("group") if isinstance(loader_states[0], dict) else None
-    if isinstance(saved, int) and saved >= 1 and all(count % saved == 0 for count in counts_in_steps(cfg.trainer).values()):
+    if isinstance(saved, int) and saved >= 1 and all(count % saved == 0 for count in counts_a_group_must_divide(cfg)):
         log.info("fused_steps=auto: %d, as the run was saved with", saved)
         cfg.fused_steps = saved
 

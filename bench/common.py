@@ -63,33 +63,29 @@ class Timing:
     """
 
     def __init__(self) -> None:
-        self.total = self.first_step_end = self.last_step_end = 0.0
-        self.first_step_count = self.last_step_count = 0
+        self.total = 0.0
         self.ends: list[tuple[float, int]] = []
 
     def step_ended(self, sync, steps_done: int) -> None:
         """Note the end of a step; ``steps_done``: optimizer steps taken so far, this one included."""
         sync()
-        now = time.perf_counter()
-        if not self.first_step_end:
-            self.first_step_end, self.first_step_count = now, steps_done
-        self.last_step_end, self.last_step_count = now, steps_done
-        self.ends.append((now, steps_done))
+        self.ends.append((time.perf_counter(), steps_done))
 
     def window_seconds(self, window: int) -> list[float]:
         """Seconds of each run of ``window`` optimizer steps after the first step, back to back: the
         windows end at the step ends whose count is the first one's plus a multiple of ``window``
         (so ``window`` must be a multiple of a fused run's K)."""
-        marks = [(time_, count) for time_, count in self.ends if (count - self.first_step_count) % window == 0]
+        first_count = self.ends[0][1]
+        marks = [(time_, count) for time_, count in self.ends if (count - first_count) % window == 0]
         return [later[0] - earlier[0] for earlier, later in zip(marks, marks[1:]) if later[1] - earlier[1] == window]
 
     @property
     def steady_steps(self) -> int:
-        return self.last_step_count - self.first_step_count
+        return self.ends[-1][1] - self.ends[0][1]
 
     @property
     def steady(self) -> float:
-        return self.last_step_end - self.first_step_end
+        return self.ends[-1][0] - self.ends[0][0]
 
 
 class StepClock(pl.Callback):

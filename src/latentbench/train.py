@@ -84,10 +84,10 @@ def auto_fused_steps(cfg: DictConfig, datamodule: pl.LightningDataModule, model:
     if trainer.get("accumulate_grad_batches", 1) not in (1, None):
         return 1, "gradient accumulation"
     counts = counts_a_group_must_divide(cfg)
-    batch_bytes = served_batch_bytes(datamodule)
     fitting = [steps for steps in AUTO_FUSED_STEPS if all(count % steps == 0 for count in counts)]
     if not fitting:
         return 1, f"the counts in steps {counts} share no factor of 2"
+    batch_bytes = served_batch_bytes(datamodule)
     steps = next((steps for steps in fitting if steps * batch_bytes <= FUSED_BATCH_BYTES), 1)
     if steps == 1:
         return 1, f"a batch of {batch_bytes / 2**20:.0f} MiB: {fitting[-1]} of them exceed {FUSED_BATCH_BYTES // 2**20} MiB"

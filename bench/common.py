@@ -65,6 +65,7 @@ class Timing:
     def __init__(self) -> None:
         self.total = 0.0
         self.ends: list[tuple[float, int]] = []
+        self.group = 1  # optimizer steps between two step ends (a fused run's K)
 
     def step_ended(self, sync, steps_done: int) -> None:
         """Note the end of a step; ``steps_done``: optimizer steps taken so far, this one included."""

@@ -126,12 +126,13 @@ def latentbench_seconds(args, runs: dict[str, str]) -> Timing:
     from hydra.core.global_hydra import GlobalHydra
 
     from latentbench.compose import compose_run_config
-    from latentbench.train import build_run
+    from latentbench.train import build_run, model_to_fit
 
     with tempfile.TemporaryDirectory() as output_dir:
         cfg = compose_run_config([*ldm_overrides(args, runs, args.device), "logger=wandb", "logger.wandb.mode=offline"], output_dir)
         objects = build_run(cfg)
-        trainer, module, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
+        matmul_precision = torch.get_float32_matmul_precision()  # the plain loop keeps its own
+        trainer, module, datamodule = objects["trainer"], model_to_fit(objects["model"], cfg), objects["datamodule"]
         timing, sync = Timing(), synchronizer(args.device)
         trainer.callbacks.append(StepClock(timing, sync))
         datamodule.trainer = trainer  # so that setup sees the device
@@ -143,6 +144,7 @@ def latentbench_seconds(args, runs: dict[str, str]) -> Timing:
         timing.total = time.perf_counter() - start
         for logger in objects["loggers"]:
             logger.experiment.finish()
+        torch.set_float32_matmul_precision(matmul_precision)
         GlobalHydra.instance().clear()
     return timing
 

@@ -52,15 +52,17 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
     (plus a callback that notes the end of each step)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from latentbench.train import build_run
+    from latentbench.train import build_run, model_to_fit
 
     with tempfile.TemporaryDirectory() as output_dir:
         cfg = run_config(model, steps, batch_size, device, on_device, overrides, output_dir)
         objects = build_run(cfg)
-        trainer, module, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
+        matmul_precision = torch.get_float32_matmul_precision()  # the plain loop keeps its own
+        trainer, module, datamodule = objects["trainer"], model_to_fit(objects["model"], cfg), objects["datamodule"]
         timing = Timing()
         # windows that hold the same steps on both sides: whole groups of fused steps, whole logging periods
-        timing.window = math.lcm(getattr(datamodule, "fused_steps", 1), int(cfg.trainer.log_every_n_steps))
+        timing.group = getattr(datamodule, "fused_steps", 1)
+        timing.window = math.lcm(timing.group, int(cfg.trainer.log_every_n_steps))
         trainer.callbacks.append(StepClock(timing, synchronizer(device)))
         # data loading is not training time, on either side; the trainer must be attached first, or
         # setup cannot see the device and data.on_device would leave the splits on the CPU
@@ -73,6 +75,7 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
             timing.total = time.perf_counter() - start
         for logger in objects["loggers"]:
             logger.experiment.finish()
+        torch.set_float32_matmul_precision(matmul_precision)
         GlobalHydra.instance().clear()
     return timing
 
@@ -92,13 +95,16 @@ def run_config(model: str, steps: int, batch_size: int, device: str, on_device: 
 
 
 def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, on_device: bool,
-                       profile: Path | None = None, wandb_every: int = 0) -> Timing:
+                       profile: Path | None = None, wandb_every: int = 0, mark_every: int = 1) -> Timing:
     """The same model class, data, optimizer and step count in a hand-written loop.
 
     With ``on_device`` the uint8 images live on the device and batches are gathered there; without
     it they stay on the CPU and each float batch is copied over, as latentbench's loader serves them.
     With ``wandb_every`` N > 0 the loop also logs what latentbench logs (the loss, the epoch, the
-    step) to an offline W&B run every N steps, as a hand-written loop with W&B would.
+    step) to an offline W&B run every N steps, as a hand-written loop with W&B would. The loop notes
+    the time (on a GPU: after waiting for the device) every ``mark_every`` steps and at the last, the
+    cadence at which the latentbench side's clock sees its steps (once per group of K fused steps),
+    so that neither side stalls the GPU's queue more often than the other.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -133,7 +139,8 @@ def plain_loop_seconds(model: str, steps: int, batch_size: int, device: str, on_
                     step += 1
                     if run is not None and step % wandb_every == 0:
                         run.log({"train/loss": loss.item(), "epoch": epoch, "trainer/global_step": step - 1})
-                    timing.step_ended(sync, step)
+                    if step % mark_every == 0 or step == steps:
+                        timing.step_ended(sync, step)
                     if step == steps:
                         break
                 epoch += 1
@@ -193,7 +200,8 @@ def main() -> None:
     ours, plain = [], []
     for _ in range(args.reps):
         ours.append(latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, overrides=overrides))
-        plain.append(plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, wandb_every=wandb_every))
+        plain.append(plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, wandb_every=wandb_every,
+                                        mark_every=ours[-1].group))
     images = args.steps * args.batch_size
     window = ours[0].window
 
@@ -226,7 +234,7 @@ def main() -> None:
         for side, run in (("latentbench", lambda p: latentbench_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p,
                                                                      overrides)),
                           ("plain", lambda p: plain_loop_seconds(args.model, args.steps, args.batch_size, args.device, args.on_device, p,
-                                                                 wandb_every))):
+                                                                 wandb_every, ours[-1].group))):
             timing = run(Path(f"{RESULTS}/{name}-profile-{side}.txt"))
             result[f"profiled_{side}_seconds"] = {"total": timing.total, "steady": timing.steady}
     path = write_result(name, result)

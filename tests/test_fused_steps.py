@@ -224,3 +224,30 @@ def test_a_resumed_auto_run_fuses_as_many_steps_as_it_was_saved_with(tmp_path, o
     GlobalHydra.instance().clear()
     adopt_saved_fused_steps(cfg, checkpoint)
     assert cfg.fused_steps == expected
+
+
+def train_in_process(run_dir, *overrides: str) -> dict:
+    """One epoch of the digits AE trained in this process (so that Dynamo's counters can be read)."""
+    from latentbench.train import train
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    GlobalHydra.instance().clear()
+    try:
+        return train(make_cfg([*RUN, "trainer.max_epochs=1", *overrides], run_dir))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("fused", ["1", "4"])
+def test_a_compiled_step_is_compiled_once_and_trains_as_the_eager_step(tmp_path, fused):
+    """compile.enabled compiles the model's own steps, not Lightning's loop, its logging or the metrics'
+    updates: a step counter read by the logging, a logged name or a metric's update count would be a
+    guard that fails on the next call, and Dynamo would compile the step again until its limit."""
+    eager = train_in_process(tmp_path / "eager", f"fused_steps={fused}")
+    compiled = train_in_process(tmp_path / "compiled", f"fused_steps={fused}", "compile.enabled=true", "compile.backend=eager")
+    assert {k: compiled[k] for k in COMPARED} == {k: eager[k] for k in COMPARED}
+    # 21 today (the steps and their graph breaks around the logging, compiled again once for a dynamic
+    # batch index or last short batch); over 100 when every step was compiled again
+    frames = torch._dynamo.utils.counters["frames"]
+    assert 0 < frames["total"] <= 30, dict(frames)

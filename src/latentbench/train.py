@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ from latentbench.config_check import check_config, counts_in_steps, signature_na
 from latentbench.devices import cpu_has_native_bf16
 from latentbench.errors import ConfigError, first_line
 from latentbench.instantiate import build
-from latentbench.models.fused import fuse_training_steps
+from latentbench.models.fused import compile_fused_step, fuse_training_steps
 from latentbench.interrupts import RunInterrupted, SaveOnInterrupt, signal_name
 from latentbench.quiet import silence_third_party_noise
 from latentbench.run_dir import RunDir, headline_metrics
@@ -43,13 +44,45 @@ def check_hardware(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.precision: '{precision}' needs a CUDA GPU; on the CPU use precision=bf16-mixed or 32")
 
 
+def model_to_fit(model: pl.LightningModule, cfg: DictConfig) -> pl.LightningModule:
+    """What ``trainer.fit`` trains: ``model`` with the run's float32 matmul precision set and, when
+    ``compile.enabled``, compiled (benchmarks that build a run with :func:`build_run` call this too)."""
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    return apply_compile(model, cfg)
+
+
 def apply_compile(model: pl.LightningModule, cfg: DictConfig) -> pl.LightningModule:
-    """``torch.compile`` the module when ``compile.enabled``; Lightning trains the compiled wrapper."""
+    """``torch.compile`` the module when ``compile.enabled``; Lightning trains the compiled wrapper.
+    With fused steps, each optimizer step's own training step and the evaluation steps are compiled
+    instead, and the group's loop stays eager."""
     options = cfg.get("compile")
     if not options or not options.enabled:
         return model
     log.info("torch.compile(mode=%s, backend=%s)", options.mode, options.backend)
-    return torch.compile(model, mode=options.mode, backend=options.backend)
+    keep_bookkeeping_eager(model)
+    compiler = functools.partial(torch.compile, mode=options.mode, backend=options.backend)
+    if compile_fused_step(model, compiler):
+        for hook in ("validation_step", "test_step", "predict_step"):
+            setattr(model, hook, compiler(getattr(model, hook)))
+        return model
+    return compiler(model)
+
+
+def keep_bookkeeping_eager(model: pl.LightningModule) -> None:
+    """Run ``model.log``/``log_dict`` and its torchmetrics' updates eagerly inside a compiled step.
+
+    Traced, they are no graph worth having, and their Python state becomes guards that fail on the
+    next call (the logged name, a metric's update count), so that Dynamo compiles the step again and
+    again until its recompile limit. Methods are replaced on the instances; the classes stay as they are.
+    """
+    from torchmetrics import Metric, MetricCollection
+
+    for name in ("log", "log_dict"):
+        setattr(model, name, torch.compiler.disable(getattr(model, name)))
+    for module in model.modules():
+        if isinstance(module, (Metric, MetricCollection)):
+            for name in ("update", "forward"):
+                setattr(module, name, torch.compiler.disable(getattr(module, name)))
 
 
 AUTO_FUSED_STEPS = (32, 16, 8, 4, 2)  # fused_steps=auto: the largest of these that the counts and memory allow
@@ -495,9 +528,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     objects = build_run(cfg)
     loggers = ", ".join(type(logger).__name__.removesuffix("Logger") for logger in objects["loggers"]) or "no logger"
     log.info("run %s: %s on %s (%s)", run.path, type(objects["model"]).__name__, type(objects["datamodule"]).__name__, loggers)
-    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     trainer, datamodule = objects["trainer"], objects["datamodule"]
-    model = apply_compile(objects["model"], cfg)
+    model = model_to_fit(objects["model"], cfg)
     rank_zero = trainer.is_global_zero
     if rank_zero:
         run.acquire_lock()

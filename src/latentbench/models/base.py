@@ -107,6 +107,8 @@ class LatentbenchModule(pl.LightningModule):
                                        self.optimizer_parameters())
 
 
+@torch.compiler.disable  # Lightning's bookkeeping, not the step's maths: a compiled step would guard on (and
+# so be compiled again for) every value of the step counter that should_update_logs reads
 def log_training_values(module: pl.LightningModule, values: dict[str, torch.Tensor], batch_size: int) -> None:
     """``module.log`` the per-step training values (the first on the progress bar), but only on the
     steps whose logs Lightning writes (every ``trainer.log_every_n_steps``, or when it is stopping).

@@ -83,7 +83,7 @@ class FusedTrainingStep:
                 # logger's step and the log_every_n_steps test see real optimizer steps
                 epoch_loop._batches_that_stepped += 1
             loss = self.step_fn(chunk, batch_idx * self.steps + index)
-            losses.append(loss.detach())
+            losses.append(loss.detach().clone())  # a CUDA-graphed step (compile mode=reduce-overhead) reuses its output
             raw_optimizer.zero_grad(set_to_none=True)
             if direct:
                 self._direct_step(loss, optimizer, trainer)
@@ -151,3 +151,14 @@ def fuse_training_steps(module: pl.LightningModule, steps: int, batch_size: int,
     # an instance attribute (a bound method: Lightning compares its code with the base class's to see
     # that the hook is defined): Lightning looks the hook up on the instance, the class stays untouched
     module.training_step = fused.training_step
+
+
+def compile_fused_step(module: pl.LightningModule, compiler: Callable[[Callable], Callable]) -> bool:
+    """When ``module`` runs fused steps: compile its own training step (one optimizer step's forward
+    and loss) with ``compiler`` and return True; else False. Lightning's way, compiling the module's
+    ``training_step``, would trace the whole group: the optimizer, the schedulers and the logger."""
+    fused = getattr(module.training_step, "__self__", None)
+    if not isinstance(fused, FusedTrainingStep):
+        return False
+    fused.step_fn = compiler(fused.step_fn)
+    return True

@@ -5,6 +5,9 @@
 #     bash bench/gpu.sh time_to_quality parallel         # the second call (under 10 minutes)
 #     PYTHON="python3" bash bench/gpu.sh ...             # default: `uv run python`
 #
+# On the workplace's bare, offline GPU machine: `bash bench/device_prep.sh` here first (wheels and MNIST
+# into .whl and .data), carry both, and there `source bench/device_env.sh && COLLECT=$OUT bash bench/gpu.sh`.
+#
 # Sections:
 #   fused            goal 2: ae_hinton at the default K = 32, then also CUDA-graphed (compile reduce-overhead) with a
 #                    fused Adam (data on the GPU), vs the plain eager loop

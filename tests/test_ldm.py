@@ -324,6 +324,11 @@ def test_text_conditioned_ldm_trains_on_shapes(cfg_factory, tmp_path, tmp_path_f
     assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
     grid = np.asarray(Image.open(sorted((tmp_path / "images").glob("val_samples_*.png"))[0]))
     assert grid.shape[0] == 4 * 32 + 5  # one row per prompt
+    # compiled: the caption dropout (Python's random) and the tokenizer stay eager, the rest is traced
+    GlobalHydra.instance().clear()
+    compiled = train(make_cfg([*FAST, *TINY_LDM, *SHAPES, "model.conditioning=text", f"model.text_encoder.checkpoint={clip_run}",
+                               "compile.enabled=true", "compile.backend=eager"], tmp_path_factory.mktemp("compiled")))
+    assert np.isfinite(compiled["test/loss"]) and compiled["global_step"] == 2
 
 
 def test_text_encoder_checkpoint_of_the_wrong_kind(cfg_factory, first_stage_checkpoint):

@@ -112,19 +112,21 @@ class TextConditioning(nn.Module):
     @torch.no_grad()
     def encode(self, captions: list[str], device: torch.device) -> torch.Tensor:
         """``list[str]`` of length B -> per-token hidden states ``(B, T, D)`` after ``ln_final``."""
-        tokens = to_device_without_sync(self.tokenizer(list(captions)), device)
+        tokens = self.tokens(captions, device)
         x = self.token_embedding(tokens) + self.positional_embedding
         x = self.transformer(x, attn_mask=self.attn_mask)
         return self.ln_final(x)
+
+    @torch.compiler.disable  # string work, in a compiled step too: no graph in it, and every caption a guard
+    def tokens(self, captions: list[str], device: torch.device) -> torch.Tensor:
+        """``list[str]`` of length B -> token ids ``(B, T)`` on ``device``."""
+        return to_device_without_sync(self.tokenizer(list(captions)), device)
 
     def unet_arguments(self) -> dict[str, Any]:
         return {"cross_attention_dim": self.width}
 
     def from_batch(self, batch: dict, drop_probability: float = 0.0, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        captions = list(batch["caption"])
-        if drop_probability > 0:
-            rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
-            captions = ["" if rng.random() < drop_probability else caption for caption in captions]
+        captions = dropped_captions(batch["caption"], drop_probability, generator)
         return {"encoder_hidden_states": self.encode(captions, batch["image"].device)}
 
     def from_requests(self, requests: list, device: torch.device) -> dict[str, torch.Tensor]:
@@ -138,3 +140,14 @@ class TextConditioning(nn.Module):
 
     def default_requests(self) -> list:
         return self.prompts
+
+
+@torch.compiler.disable  # Python's random and strings: a compiled step cannot trace them (nor should it)
+def dropped_captions(captions: list[str], drop_probability: float, generator: torch.Generator | None) -> list[str]:
+    """``captions`` with each replaced by "" (the unconditional prompt) with probability ``drop_probability``,
+    drawn from ``generator`` (classifier-free guidance training)."""
+    captions = list(captions)
+    if drop_probability > 0:
+        rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
+        captions = ["" if rng.random() < drop_probability else caption for caption in captions]
+    return captions

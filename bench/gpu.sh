@@ -15,6 +15,7 @@
 #                    fp32 diffusers loop, whole fit (64 px, 4x32x32 latents)
 #   sd_mfu           goal 6: MFU of a Stable-Diffusion-sized U-Net (320-640-1280, 2 layers a block, attention
 #                    at every level) on 4x32x32 latents, bf16-mixed, text conditioning
+#   sd_mfu_compile   goal 6: the same, compiled, batch 128 (not yet run)
 #   overhead         goal 1: both AEs at the default (fused_steps=auto: K = 32 for 512 steps), data on the CPU
 #                    and on the GPU
 #   time_to_quality  goal 3: the hinton2006_ae30 recipe to test error 3.00, fused_steps=8, CUDA-graphed steps
@@ -77,6 +78,14 @@ if want sd_mfu; then
         --num-train 4096 --unet-channels 320,640,1280 --override model.unet.layers_per_block=2 \
         --override "model.unet.attention=[true,true,true]" --override model.unet.attention_head_dim=64 \
         --override model.unet.norm_num_groups=32 --steps 40 --reps 2 --name diffusion-text-cuda-sd-size
+fi
+# the same U-Net compiled (inductor fuses the norms and activations that bound it), batch 128 (goal 6: >= 35 %)
+if want sd_mfu_compile; then
+    step 300 -m bench.diffusion --conditioning text --device cuda --precision bf16-mixed --batch-size 128 --image-size 64 \
+        --num-train 4096 --unet-channels 320,640,1280 --override model.unet.layers_per_block=2 \
+        --override "model.unet.attention=[true,true,true]" --override model.unet.attention_head_dim=64 \
+        --override model.unet.norm_num_groups=32 --override compile.enabled=true --steps 40 --reps 2 \
+        --name diffusion-text-cuda-sd-size-compile
 fi
 # harness overhead at the default: Hinton MLP and conv AE, data served from the CPU and held on the GPU
 if want overhead; then

@@ -64,6 +64,7 @@ class FusedTrainingStep:
         overridden = type(module).on_train_batch_end is not pl.LightningModule.on_train_batch_end
         self.after_each_step = module.on_train_batch_end if overridden else None
         self._direct_ok: bool | None = None
+        self.kept: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss  # a loss kept until the group ends
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Returns the ``(k,)`` detached losses of the k steps taken (for the non-finite-loss guard)."""
@@ -83,7 +84,7 @@ class FusedTrainingStep:
                 # logger's step and the log_every_n_steps test see real optimizer steps
                 epoch_loop._batches_that_stepped += 1
             loss = self.step_fn(chunk, batch_idx * self.steps + index)
-            losses.append(loss.detach().clone())  # a CUDA-graphed step (compile mode=reduce-overhead) reuses its output
+            losses.append(self.kept(loss.detach()))
             raw_optimizer.zero_grad(set_to_none=True)
             if direct:
                 self._direct_step(loss, optimizer, trainer)
@@ -161,4 +162,6 @@ def compile_fused_step(module: pl.LightningModule, compiler: Callable[[Callable]
     if not isinstance(fused, FusedTrainingStep):
         return False
     fused.step_fn = compiler(fused.step_fn)
+    # a CUDA-graphed step (mode=reduce-overhead) writes each call's loss where the last one was
+    fused.kept = torch.clone
     return True

@@ -181,19 +181,31 @@ def test_channels_last_auto_is_for_conv_models_on_cuda_in_half_precision():
         ChannelsLast("yes")
 
 
-def test_adam_runs_fused_on_cuda_only_unless_its_config_says_so(monkeypatch):
+def test_adam_runs_fused_on_the_cpu_and_cuda_unless_its_config_says_so(monkeypatch):
     from latentbench.models import base
 
-    params = [torch.nn.Parameter(torch.zeros(2))]
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3, 2))]
     adam = {"_target_": "torch.optim.Adam", "lr": 1e-3}
-    assert base.optimizer_and_scheduler(adam, None, params).defaults["fused"] is None  # on the CPU: torch's default
-    built = []
-    monkeypatch.setattr(base, "on_cuda", lambda params: True)
-    monkeypatch.setattr(base, "instantiate", lambda cfg: built.append(cfg) or (lambda params: None))
-    base.optimizer_and_scheduler(adam, None, params)
-    base.optimizer_and_scheduler({**adam, "fused": False}, None, params)
-    base.optimizer_and_scheduler({"_target_": "torch.optim.SGD", "lr": 0.1}, None, params)
-    assert [cfg.get("fused") for cfg in built] == [True, False, None]
+    assert base.optimizer_and_scheduler(adam, None, params).defaults["fused"] is True
+    adamw = base.optimizer_and_scheduler({**adam, "_target_": "torch.optim.AdamW"}, None, [{"params": params}])
+    assert adamw.defaults["fused"] is True
+    for chosen in ({"fused": False}, {"foreach": True}, {"differentiable": True}):
+        assert not base.optimizer_and_scheduler({**adam, **chosen}, None, params).defaults["fused"], chosen
+    assert not base.optimizer_and_scheduler({"_target_": "torch.optim.SGD", "lr": 0.1}, None, params).defaults.get("fused")
+    on_meta = [torch.nn.Parameter(torch.zeros(2, device="meta"))]
+    assert not base.fusable(on_meta) and not base.fusable([]) and base.fusable(params)
+    # a fused update is the same update: one step each from the same state
+    grads = [torch.randn_like(p) for p in params]
+    updated = []
+    for fused in (True, False):
+        copies = [torch.nn.Parameter(p.detach().clone() + 1) for p in params]
+        for copy, grad in zip(copies, grads):
+            copy.grad = grad.clone()
+        optimizer = base.optimizer_and_scheduler({**adam, "fused": fused}, None, copies)
+        optimizer.step()
+        updated.append([c.detach() for c in copies])
+    for a, b in zip(*updated):
+        torch.testing.assert_close(a, b)
 
 
 def test_bf16_on_a_cpu_that_emulates_it_is_warned_of_in_one_line(tmp_path, monkeypatch, caplog):

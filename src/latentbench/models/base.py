@@ -28,21 +28,30 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 FUSABLE = ("torch.optim.Adam", "torch.optim.AdamW")
 
 
-def on_cuda(params: list[Any]) -> bool:
-    """Whether every parameter (of parameters or parameter groups) lives on a CUDA device."""
+# what a config may say that a fused update does not combine with, or that asks for another implementation
+NOT_FUSED_WITH = ("fused", "foreach", "differentiable")
+
+
+def fusable(params: list[Any]) -> bool:
+    """Whether every parameter (of parameters or parameter groups) is a floating-point tensor and all
+    live on CUDA devices or all on the CPU: where torch's fused Adam/AdamW run."""
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
-    return bool(tensors) and all(t.is_cuda for t in tensors)
+    on_one_kind = all(t.is_cuda for t in tensors) or all(t.device.type == "cpu" for t in tensors)
+    return bool(tensors) and on_one_kind and all(t.is_floating_point() for t in tensors)
 
 
 def optimizer_and_scheduler(optimizer_cfg: dict, scheduler_cfg: dict | None, params: Any) -> Any:
     """What ``configure_optimizers`` returns: the optimizer built from its ``_target_`` config with
     ``params`` (parameters or parameter groups), plus an LR scheduler when one is configured
-    (stepped every epoch unless its config says ``interval: step``). Adam and AdamW on CUDA run
-    fused unless their config sets ``fused``."""
+    (stepped every epoch unless its config says ``interval: step``). Adam and AdamW run fused, on
+    CUDA and on the CPU, unless their config sets ``fused``, ``foreach`` or ``differentiable``."""
     params = list(params)
     optimizer_cfg = {**optimizer_cfg}
-    if optimizer_cfg.get("_target_") in FUSABLE and "fused" not in optimizer_cfg and on_cuda(params):
-        optimizer_cfg["fused"] = True  # one kernel for the whole update instead of a few per tensor
+    chosen = any(key in optimizer_cfg for key in NOT_FUSED_WITH)
+    if optimizer_cfg.get("_target_") in FUSABLE and not chosen and fusable(params):
+        # one pass over each tensor for the whole update instead of ~10 (a few kernels per tensor on CUDA;
+        # on the CPU torch's default loops tensor by tensor: 18 ms against 2.5 for the 2.8 M of ae_hinton)
+        optimizer_cfg["fused"] = True
     optimizer = instantiate({**optimizer_cfg, "_partial_": True})(params)
     if not scheduler_cfg:
         return optimizer

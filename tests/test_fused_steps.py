@@ -251,3 +251,24 @@ def test_a_compiled_step_is_compiled_once_and_trains_as_the_eager_step(tmp_path,
     # batch index or last short batch); over 100 when every step was compiled again
     frames = torch._dynamo.utils.counters["frames"]
     assert 0 < frames["total"] <= 30, dict(frames)
+
+
+def test_a_compiled_models_eager_bookkeeping_belongs_to_each_copy(tmp_path):
+    """The eager ``log`` and metric methods are bound to their own object: a deep copy of the model (an
+    EMA or SWA copy) logs and updates its own metrics, not the original's."""
+    import copy
+
+    from latentbench.train import keep_bookkeeping_eager
+
+    model = build_run(make_cfg(RUN, tmp_path))["model"]
+    keep_bookkeeping_eager(model)
+    twin = copy.deepcopy(model)
+    assert twin.log.__self__ is twin and twin.log_dict.__self__ is twin
+    for original, copied in zip(model.val_metrics.values(), twin.val_metrics.values()):
+        assert copied.forward.__self__ is copied and copied is not original
+    assert twin.val_metrics.update.__self__ is twin.val_metrics
+    image = torch.rand(4, 1, 8, 8)
+    twin.val_metrics.update(image, image)
+    assert all(metric.update_count == 1 for metric in twin.val_metrics.values())
+    assert all(metric.update_count == 0 for metric in model.val_metrics.values())
+    GlobalHydra.instance().clear()

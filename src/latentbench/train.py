@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +74,26 @@ def keep_bookkeeping_eager(model: pl.LightningModule) -> None:
 
     Traced, they are no graph worth having, and their Python state becomes guards that fail on the
     next call (the logged name, a metric's update count), so that Dynamo compiles the step again and
-    again until its recompile limit. Methods are replaced on the instances; the classes stay as they are.
+    again until its recompile limit. Methods are replaced on the instances (bound, so that a deep copy
+    of the model calls its own); the classes stay as they are.
     """
     from torchmetrics import Metric, MetricCollection
 
     for name in ("log", "log_dict"):
-        setattr(model, name, torch.compiler.disable(getattr(model, name)))
+        run_eagerly(model, name)
     for module in model.modules():
-        if isinstance(module, (Metric, MetricCollection)):
-            for name in ("update", "forward"):
-                setattr(module, name, torch.compiler.disable(getattr(module, name)))
+        if isinstance(module, Metric):
+            # torchmetrics' own per-instance wrapper of update (it counts the updates); a deep copy rebuilds it
+            module.update = torch.compiler.disable(module.update)
+            run_eagerly(module, "forward")
+        elif isinstance(module, MetricCollection):
+            run_eagerly(module, "update")
+            run_eagerly(module, "forward")
+
+
+def run_eagerly(obj: Any, name: str) -> None:
+    """Bind ``obj``'s class method ``name`` to ``obj`` again, out of Dynamo's reach."""
+    setattr(obj, name, types.MethodType(torch.compiler.disable(getattr(type(obj), name)), obj))
 
 
 AUTO_FUSED_STEPS = (32, 16, 8, 4, 2)  # fused_steps=auto: the largest of these that the counts and memory allow

@@ -239,7 +239,7 @@ def train_in_process(run_dir, *overrides: str) -> dict:
         GlobalHydra.instance().clear()
 
 
-@pytest.mark.parametrize("fused", ["1", "4"])
+@pytest.mark.parametrize("fused", [pytest.param("1", marks=pytest.mark.slow), "4"])  # K = 4 covers the evaluation steps too
 def test_a_compiled_step_is_compiled_once_and_trains_as_the_eager_step(tmp_path, fused):
     """compile.enabled compiles the model's own steps, not Lightning's loop, its logging or the metrics'
     updates: a step counter read by the logging, a logged name or a metric's update count would be a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -97,6 +98,17 @@ class StepClock(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.timing.step_ended(self.sync, trainer.global_step)
+
+
+@contextlib.contextmanager
+def own_matmul_precision():
+    """Put torch's float32 matmul precision back on exit: the latentbench side sets the run's
+    (``matmul_precision``) for the whole process, and the plain loop that runs next keeps its own."""
+    saved = torch.get_float32_matmul_precision()
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
 
 
 def synchronizer(device: str):

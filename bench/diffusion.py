@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import StepClock, Timing, add_ab_arguments, environment, spread, synchronizer, write_result
+from bench.common import StepClock, Timing, add_ab_arguments, environment, own_matmul_precision, spread, synchronizer, write_result
 from latentbench.devices import cuda_checks_from_the_runtime
 
 
@@ -128,10 +128,9 @@ def latentbench_seconds(args, runs: dict[str, str]) -> Timing:
     from latentbench.compose import compose_run_config
     from latentbench.train import build_run, model_to_fit
 
-    with tempfile.TemporaryDirectory() as output_dir:
+    with tempfile.TemporaryDirectory() as output_dir, own_matmul_precision():
         cfg = compose_run_config([*ldm_overrides(args, runs, args.device), "logger=wandb", "logger.wandb.mode=offline"], output_dir)
         objects = build_run(cfg)
-        matmul_precision = torch.get_float32_matmul_precision()  # the plain loop keeps its own
         trainer, module, datamodule = objects["trainer"], model_to_fit(objects["model"], cfg), objects["datamodule"]
         timing, sync = Timing(), synchronizer(args.device)
         trainer.callbacks.append(StepClock(timing, sync))
@@ -144,7 +143,6 @@ def latentbench_seconds(args, runs: dict[str, str]) -> Timing:
         timing.total = time.perf_counter() - start
         for logger in objects["loggers"]:
             logger.experiment.finish()
-        torch.set_float32_matmul_precision(matmul_precision)
         GlobalHydra.instance().clear()
     return timing
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, StepClock, Timing, add_ab_arguments, environment, spread, synchronizer, write_result
+from bench.common import RESULTS, StepClock, Timing, add_ab_arguments, environment, own_matmul_precision, spread, synchronizer, write_result
 from latentbench.devices import cuda_checks_from_the_runtime
 
 MNIST = os.environ.get("LATENTBENCH_DATA", "../shared/data") + "/mnist"
@@ -54,10 +54,9 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
 
     from latentbench.train import build_run, model_to_fit
 
-    with tempfile.TemporaryDirectory() as output_dir:
+    with tempfile.TemporaryDirectory() as output_dir, own_matmul_precision():
         cfg = run_config(model, steps, batch_size, device, on_device, overrides, output_dir)
         objects = build_run(cfg)
-        matmul_precision = torch.get_float32_matmul_precision()  # the plain loop keeps its own
         trainer, module, datamodule = objects["trainer"], model_to_fit(objects["model"], cfg), objects["datamodule"]
         timing = Timing()
         # windows that hold the same steps on both sides: whole groups of fused steps, whole logging periods
@@ -75,7 +74,6 @@ def latentbench_seconds(model: str, steps: int, batch_size: int, device: str, on
             timing.total = time.perf_counter() - start
         for logger in objects["loggers"]:
             logger.experiment.finish()
-        torch.set_float32_matmul_precision(matmul_precision)
         GlobalHydra.instance().clear()
     return timing
 

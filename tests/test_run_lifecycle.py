@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import torch
 
-from latentbench.run_dir import RunDir
+from latentbench.run_dir import RunDir, link_durably, write_durably
 from tests.conftest import run_cli
 
 # Digits AE, 2 epochs of 21 batches; a periodic last.ckpt every 5 steps.
@@ -174,6 +174,22 @@ def test_checkpoints_do_not_go_through_the_system_temp_dir(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 21
     assert not list(run_dir.rglob(".*.tmp-*"))
+
+
+def test_an_epoch_ends_last_ckpt_is_a_link_to_the_checkpoint_saved_at_that_step(finished, tmp_path):
+    """At an epoch end Lightning writes the best checkpoint and then last.ckpt, the same state:
+    written once, linked once; a later save of either name (a rename) leaves the other's bytes."""
+    checkpoints = finished / "checkpoints"
+    best, last = checkpoints / "best-epoch=001.ckpt", checkpoints / "last.ckpt"
+    assert os.path.samefile(best, last)
+    assert torch.load(last, weights_only=True)["global_step"] == 42
+    assert not list(checkpoints.glob(".*.link-*"))
+    source, linked = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    source.write_bytes(b"best")
+    assert link_durably(source, linked) and os.path.samefile(source, linked)
+    write_durably(linked, b"newer")
+    assert source.read_bytes() == b"best" and linked.read_bytes() == b"newer"
+    assert not link_durably(tmp_path / "missing.ckpt", linked) and linked.read_bytes() == b"newer"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import pytorch_lightning as pl
 import torch
@@ -19,7 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from latentbench.errors import ConfigError, first_line
-from latentbench.run_dir import RunDir, RunDirError
+from latentbench.run_dir import RunDir, RunDirError, link_durably
 
 MODEL_CLASS_KEY = "latentbench_model_class"
 
@@ -130,6 +131,31 @@ class RunCheckpoint(ModelCheckpoint):
         state["best_k_models"] = {Path(path).name: score for path, score in (state.get("best_k_models") or {}).items()}
         state["dirpath"] = "."
         return state
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # Lightning writes last.ckpt right after a top-k checkpoint of the same step (it skips it
+        # otherwise): the same state serialized twice. A hard link to that file saves the second
+        # write (half the checkpoint time of a run whose epochs last seconds). One process only:
+        # with several, the save is collective and every rank must take the same path.
+        if filepath == self.last_model_path and trainer.world_size == 1 and self._link_to_this_steps_checkpoint(trainer, filepath):
+            self._last_checkpoint_saved = filepath
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+            return
+        super()._save_checkpoint(trainer, filepath)
+
+    def _link_to_this_steps_checkpoint(self, trainer: pl.Trainer, filepath: str) -> bool:
+        """Hard-link ``filepath`` to the checkpoint this callback wrote at the current step, if any."""
+        source = self._last_checkpoint_saved
+        if self._last_global_step_saved != trainer.global_step or not source or source == filepath:
+            return False
+        if "://" in source or "://" in filepath or not Path(source).is_file():
+            return False
+        # a link is safe only where every later save replaces a file by rename (a writer that
+        # truncates the file in place would change the other name's bytes too)
+        if not isinstance(trainer.strategy.checkpoint_io, DurableCheckpointIO):
+            return False
+        return link_durably(source, filepath)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         folder = Path(self.dirpath) if self.dirpath else None

@@ -90,6 +90,31 @@ def write_durably(path: str | Path, data: bytes) -> None:
         raise RunDirError(f"cannot write {path}: {error.strerror or first_line(error)}") from error
 
 
+def link_durably(source: str | Path, path: str | Path) -> bool:
+    """Make ``path`` a hard link to the file ``source`` (same bytes, no copy), replacing ``path``
+    atomically (a link beside it, renamed over it) and durably (the folder fsynced).
+
+    Returns False, leaving ``path`` as it was, where the filesystem cannot link (FAT, some network
+    and FUSE mounts) or ``source`` is not a file beside it: the caller then writes ``path`` itself.
+    Writers here replace files by rename, never in place, so a later write of either name leaves
+    the other's bytes alone.
+    """
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.link-{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return False
+    fsync_folder(path.parent)
+    return True
+
+
 def fsync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
     try:

@@ -192,6 +192,20 @@ def test_an_epoch_ends_last_ckpt_is_a_link_to_the_checkpoint_saved_at_that_step(
     assert not link_durably(tmp_path / "missing.ckpt", linked) and linked.read_bytes() == b"newer"
 
 
+def test_last_ckpt_is_written_at_every_epoch_end_not_only_at_a_new_best(cfg_factory, tmp_path):
+    """A validation that does not improve writes no top-k checkpoint: last.ckpt must still move on,
+    or a finished run would be extended (``resume=... trainer.max_epochs=<more>``) from its best epoch."""
+    from latentbench.train import train
+
+    # mode=max on a falling loss: the best stays at epoch 0
+    metrics = train(cfg_factory("model=ae", "trainer.max_epochs=2", "callbacks.model_checkpoint.mode=max",
+                                "callbacks.best_val_metrics.mode=max", "callbacks.embedding_plot=null"))
+    checkpoints = tmp_path / "checkpoints"
+    assert os.path.basename(metrics["checkpoint"]) == "best-epoch=000.ckpt"
+    assert torch.load(checkpoints / "best-epoch=000.ckpt", weights_only=True)["global_step"] == 21
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 42
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MiB tmpfs (root only: skipped where mounting is not allowed)."""

@@ -132,6 +132,24 @@ class RunCheckpoint(ModelCheckpoint):
         state["dirpath"] = "."
         return state
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_not_saved(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_not_saved(trainer)
+
+    def _save_last_if_not_saved(self, trainer: pl.Trainer) -> None:
+        """Lightning writes last.ckpt at a validation only with a new top-k checkpoint: after one that
+        does not improve, last.ckpt would stay at the last improvement (or periodic save), and a
+        finished run's last.ckpt, which ``resume=... trainer.max_epochs=<more>`` extends, at its best
+        epoch instead of its end. Here it is written at every validation (epoch end)."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         # Lightning writes last.ckpt right after a top-k checkpoint of the same step (it skips it
         # otherwise): the same state serialized twice. A hard link to that file saves the second

@@ -192,7 +192,22 @@ def test_an_epoch_ends_last_ckpt_is_a_link_to_the_checkpoint_saved_at_that_step(
     assert not link_durably(tmp_path / "missing.ckpt", linked) and linked.read_bytes() == b"newer"
 
 
-def test_last_ckpt_is_written_at_every_epoch_end_not_only_at_a_new_best(cfg_factory, tmp_path):
+@pytest.fixture
+def saves(monkeypatch) -> list[tuple[str, int]]:
+    """``(file name, global step)`` of every checkpoint serialized in this process, in order."""
+    from latentbench.checkpoints import DurableCheckpointIO
+
+    written, save = [], DurableCheckpointIO.save_checkpoint
+
+    def noted(self, checkpoint, path, storage_options=None):
+        written.append((os.path.basename(path), checkpoint["global_step"]))
+        return save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(DurableCheckpointIO, "save_checkpoint", noted)
+    return written
+
+
+def test_last_ckpt_is_written_at_every_epoch_end_not_only_at_a_new_best(cfg_factory, tmp_path, saves):
     """A validation that does not improve writes no top-k checkpoint: last.ckpt must still move on,
     or a finished run would be extended (``resume=... trainer.max_epochs=<more>``) from its best epoch."""
     from latentbench.train import train
@@ -202,8 +217,16 @@ def test_last_ckpt_is_written_at_every_epoch_end_not_only_at_a_new_best(cfg_fact
                                 "callbacks.best_val_metrics.mode=max", "callbacks.embedding_plot=null"))
     checkpoints = tmp_path / "checkpoints"
     assert os.path.basename(metrics["checkpoint"]) == "best-epoch=000.ckpt"
-    assert torch.load(checkpoints / "best-epoch=000.ckpt", weights_only=True)["global_step"] == 21
+    # epoch 0: the best, and last.ckpt linked to it (not serialized again); epoch 1: last.ckpt alone
+    assert saves == [("best-epoch=000.ckpt", 21), ("last.ckpt", 42)]
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 42
+
+
+def test_a_run_without_validation_writes_last_ckpt_at_its_end_not_at_every_epoch(cfg_factory, saves):
+    from latentbench.train import train
+
+    train(cfg_factory("model=ae", "trainer.max_epochs=3", "trainer.limit_val_batches=0", "callbacks.embedding_plot=null"))
+    assert saves == [("last.ckpt", 63)]
 
 
 @pytest.fixture

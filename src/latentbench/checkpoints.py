@@ -139,7 +139,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        # here when the epoch ended with a validation, or when the run has none (then last.ckpt stays
+        # periodic and final: an epoch of a run without validation is no moment to save at)
+        if self._should_save_on_train_epoch_end(trainer) and sum(trainer.num_val_batches) > 0:
             self._save_last_if_not_saved(trainer)
 
     def _save_last_if_not_saved(self, trainer: pl.Trainer) -> None:

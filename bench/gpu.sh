@@ -16,6 +16,7 @@
 #   sd_mfu           goal 6: MFU of a Stable-Diffusion-sized U-Net (320-640-1280, 2 layers a block, attention
 #                    at every level) on 4x32x32 latents, bf16-mixed, text conditioning
 #   sd_mfu_compile   goal 6: the same, compiled, batch 128 (not yet run)
+#   graphed_profile  goal 3: where a CUDA-graphed ae_hinton step's host time goes (cProfile, 4096 steps)
 #   overhead         goal 1: both AEs at the default (fused_steps=auto: K = 32 for 512 steps), data on the CPU
 #                    and on the GPU
 #   time_to_quality  goal 3: the hinton2006_ae30 recipe to test error 3.00, CUDA-graphed steps, one validation
@@ -86,6 +87,16 @@ if want sd_mfu_compile; then
         --override "model.unet.attention=[true,true,true]" --override model.unet.attention_head_dim=64 \
         --override model.unet.norm_num_groups=32 --override compile.enabled=true --steps 40 --reps 2 \
         --name diffusion-text-cuda-sd-size-compile
+fi
+# where the graphed step's 1.37 ms go (goal 3 needs <= ~1.4 ms a step with everything): cProfile's Python
+# functions by own time over a process whose 4096 graphed steps (and the plain loop's) outweigh its start
+if want graphed_profile; then
+    step 240 -m cProfile -o bench/results/graphed.prof -m bench.overhead --model ae_hinton --device cuda --steps 4096 \
+        --reps 1 --on-device --override compile.enabled=true --override compile.mode=reduce-overhead \
+        --name overhead-ae_hinton-cuda-graphs-4096
+    $PYTHON -c "import pstats; pstats.Stats('bench/results/graphed.prof').sort_stats('tottime').print_stats(80)" \
+        >bench/results/overhead-ae_hinton-cuda-graphs-cprofile.txt 2>&1
+    collect
 fi
 # harness overhead at the default: Hinton MLP and conv AE, data served from the CPU and held on the GPU
 if want overhead; then

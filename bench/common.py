@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -88,6 +89,11 @@ class Timing:
     @property
     def steady(self) -> float:
         return self.ends[-1][0] - self.ends[0][0]
+
+    def steady_rate(self, per_step: float = 1.0) -> float:
+        """``per_step`` units (images: the batch size) a second over the steady window; NaN when
+        the run had no step after its first (one group of fused steps: run more steps)."""
+        return self.steady_steps * per_step / self.steady if self.steady_steps else math.nan
 
 
 class StepClock(pl.Callback):

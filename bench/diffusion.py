@@ -302,8 +302,8 @@ def main() -> None:
     ours = [args.steps * args.batch_size / t.total for t in our_timings]
     theirs = [args.steps * args.batch_size / t.total for t in their_timings]
     # from the end of the first step to the end of the last: the per-step cost, without fit start-up
-    ours_steady = [t.steady_steps * args.batch_size / t.steady for t in our_timings]
-    theirs_steady = [t.steady_steps * args.batch_size / t.steady for t in their_timings]
+    ours_steady = [t.steady_rate(args.batch_size) for t in our_timings]
+    theirs_steady = [t.steady_rate(args.batch_size) for t in their_timings]
     ratios = [a / b for a, b in zip(ours, theirs)]
     # MFU against the peak of the dtype latentbench's matmuls run in (auto: bf16 on a GPU)
     peak = peak_flops(args.device, "bf16-mixed" if args.precision == "auto" else args.precision)

@@ -204,7 +204,7 @@ def main() -> None:
     window = ours[0].window
 
     def throughput(timings: list[Timing], steady: bool) -> list[float]:
-        return [t.steady_steps * args.batch_size / t.steady if steady else images / t.total for t in timings]
+        return [t.steady_rate(args.batch_size) if steady else images / t.total for t in timings]
 
     result = {
         "benchmark": "overhead", "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
@@ -216,7 +216,7 @@ def main() -> None:
         "steady_throughput_ratio": spread([a / b for a, b in zip(throughput(ours, True), throughput(plain, True))]),
         # what the harness adds to every optimizer step, whatever the model (ms): a model whose step
         # takes T ms runs at T / (T + this) of the plain loop's speed
-        "per_step_overhead_ms": spread([1000 * (a.steady / a.steady_steps - b.steady / b.steady_steps) for a, b in zip(ours, plain)]),
+        "per_step_overhead_ms": spread([1000 * (1 / a.steady_rate() - 1 / b.steady_rate()) for a, b in zip(ours, plain)]),
         # the same, robust to the machine's slow spells: the steady window cut into windows of
         # lcm(K, log_every_n_steps) steps (the same logged steps and group ends in each), the median
         # window of each side, all repetitions pooled; min-max: the ratio of the medians of each pair

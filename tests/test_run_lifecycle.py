@@ -192,6 +192,11 @@ def test_an_epoch_ends_last_ckpt_is_a_link_to_the_checkpoint_saved_at_that_step(
     assert not link_durably(tmp_path / "missing.ckpt", linked) and linked.read_bytes() == b"newer"
 
 
+# digits AE, epochs of 4 steps (one group of fused steps), 2 validation and test batches
+FOUR_STEP_EPOCHS = ["model=ae", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+                    "callbacks.embedding_plot=null"]
+
+
 @pytest.fixture
 def saves(monkeypatch) -> list[tuple[str, int]]:
     """``(file name, global step)`` of every checkpoint serialized in this process, in order."""
@@ -213,20 +218,20 @@ def test_last_ckpt_is_written_at_every_epoch_end_not_only_at_a_new_best(cfg_fact
     from latentbench.train import train
 
     # mode=max on a falling loss: the best stays at epoch 0
-    metrics = train(cfg_factory("model=ae", "trainer.max_epochs=2", "callbacks.model_checkpoint.mode=max",
-                                "callbacks.best_val_metrics.mode=max", "callbacks.embedding_plot=null"))
+    metrics = train(cfg_factory(*FOUR_STEP_EPOCHS, "trainer.max_epochs=2", "callbacks.model_checkpoint.mode=max",
+                                "callbacks.best_val_metrics.mode=max"))
     checkpoints = tmp_path / "checkpoints"
     assert os.path.basename(metrics["checkpoint"]) == "best-epoch=000.ckpt"
     # epoch 0: the best, and last.ckpt linked to it (not serialized again); epoch 1: last.ckpt alone
-    assert saves == [("best-epoch=000.ckpt", 21), ("last.ckpt", 42)]
-    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 42
+    assert saves == [("best-epoch=000.ckpt", 4), ("last.ckpt", 8)]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 8
 
 
 def test_a_run_without_validation_writes_last_ckpt_at_its_end_not_at_every_epoch(cfg_factory, saves):
     from latentbench.train import train
 
-    train(cfg_factory("model=ae", "trainer.max_epochs=3", "trainer.limit_val_batches=0", "callbacks.embedding_plot=null"))
-    assert saves == [("last.ckpt", 63)]
+    train(cfg_factory(*FOUR_STEP_EPOCHS, "trainer.max_epochs=3", "trainer.limit_val_batches=0"))
+    assert saves == [("last.ckpt", 12)]
 
 
 @pytest.fixture

@@ -153,10 +153,10 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        # Lightning writes last.ckpt right after a top-k checkpoint of the same step (it skips it
-        # otherwise): the same state serialized twice. A hard link to that file saves the second
-        # write (half the checkpoint time of a run whose epochs last seconds). One process only:
-        # with several, the save is collective and every rank must take the same path.
+        # At a validation that improves, last.ckpt comes right after the top-k checkpoint of the same
+        # step: the same state serialized twice. A hard link to that file saves the second write (half
+        # the checkpoint time of a run whose epochs last seconds). One process only: with several,
+        # the save is collective and every rank must take the same path.
         if filepath == self.last_model_path and trainer.world_size == 1 and self._link_to_this_steps_checkpoint(trainer, filepath):
             self._last_checkpoint_saved = filepath
             for logger in trainer.loggers:

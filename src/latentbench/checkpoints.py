@@ -157,7 +157,7 @@ class RunCheckpoint(ModelCheckpoint):
         # step: the same state serialized twice. A hard link to that file saves the second write (half
         # the checkpoint time of a run whose epochs last seconds). One process only: with several,
         # the save is collective and every rank must take the same path.
-        if filepath == self.last_model_path and trainer.world_size == 1 and self._link_to_this_steps_checkpoint(trainer, filepath):
+        if filepath == self.last_model_path and self._link_to_this_steps_checkpoint(trainer, filepath):
             self._last_checkpoint_saved = filepath
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
@@ -167,9 +167,9 @@ class RunCheckpoint(ModelCheckpoint):
     def _link_to_this_steps_checkpoint(self, trainer: pl.Trainer, filepath: str) -> bool:
         """Hard-link ``filepath`` to the checkpoint this callback wrote at the current step, if any."""
         source = self._last_checkpoint_saved
-        if self._last_global_step_saved != trainer.global_step or not source or source == filepath:
+        if trainer.world_size > 1 or self._last_global_step_saved != trainer.global_step or not source or source == filepath:
             return False
-        if "://" in source or "://" in filepath or not Path(source).is_file():
+        if "://" in source or "://" in filepath:
             return False
         # a link is safe only where every later save replaces a file by rename (a writer that
         # truncates the file in place would change the other name's bytes too)

@@ -27,7 +27,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from latentbench.errors import ConfigError, first_line
 
@@ -73,20 +73,17 @@ def write_durably(path: str | Path, data: bytes) -> None:
     fsynced. A failure (disk full, read-only folder) leaves the old file intact and raises
     :class:`RunDirError` naming ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
+
+    try:
+        replace_through_temporary(path, "tmp", write)
     except OSError as error:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise RunDirError(f"cannot write {path}: {error.strerror or first_line(error)}") from error
 
 
@@ -99,20 +96,33 @@ def link_durably(source: str | Path, path: str | Path) -> bool:
     Writers here replace files by rename, never in place, so a later write of either name leaves
     the other's bytes alone.
     """
-    source, path = Path(source), Path(path)
-    tmp = path.with_name(f".{path.name}.link-{os.getpid()}")
-    try:
+
+    def link(tmp: Path) -> None:
         tmp.unlink(missing_ok=True)
         os.link(source, tmp)
+
+    try:
+        replace_through_temporary(Path(path), "link", link)
+    except OSError:
+        return False
+    return True
+
+
+def replace_through_temporary(path: Path, kind: str, make: Callable[[Path], None]) -> None:
+    """``make(tmp)`` builds the new file at ``.<name>.<kind>-<pid>`` beside ``path``, which it then
+    replaces by one rename, the folder fsynced. On OSError the temporary is removed, ``path`` is
+    left as it was, and the error propagates."""
+    tmp = path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+    try:
+        make(tmp)
         os.replace(tmp, path)
     except OSError:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        return False
+        raise
     fsync_folder(path.parent)
-    return True
 
 
 def fsync_folder(folder: Path) -> None:

@@ -8,9 +8,9 @@ deep autoencoder).
     uv run python -m bench.time_to_quality --override model.activation=ReLU --override model.init=default
     uv run python -m bench.time_to_quality --device cuda --on-device
 
-The default recipe is the fastest to low error found so far: the experiment's logistic units with
-Glorot init, AdamW 1.4e-3 with weight decay 0.01 at batch 128, cosine-annealed over 100 epochs
-(test 2.904 on one CPU core with bf16-mixed, in 37 minutes; bench/README.md).
+By default the run is ``experiment=hinton2006_ae30`` exactly as configured (its batch size, optimizer,
+weight decay, schedule and epochs); each recipe flag given overrides that one value of it, and the
+result records the recipe that ran (``config``). bench/README.md has the recipes tried.
 
 The run is an ordinary ``latentbench train experiment=hinton2006_ae30`` run with one extra callback
 that checks the validation squared error per image ``val_checks_per_epoch`` times an epoch and
@@ -115,15 +115,42 @@ def squared_error_per_image(model, loader, trainer: pl.Trainer) -> float:
     return float(metric.compute())
 
 
-def lr_schedule_overrides(schedule: str, max_epochs: int) -> list[str]:
+def recipe_overrides(args: argparse.Namespace) -> list[str]:
+    """Hydra overrides for the recipe flags given (None: the experiment's own value)."""
+    overrides = []
+    if args.batch_size is not None:
+        overrides.append(f"data.batch_size={args.batch_size}")
+    if args.lr is not None:
+        overrides.append(f"model.optimizer.lr={args.lr}")
+    if args.weight_decay is not None:
+        overrides += ["model.optimizer._target_=torch.optim.AdamW", f"++model.optimizer.weight_decay={args.weight_decay}"]
+    if args.max_epochs is not None:
+        overrides.append(f"trainer.max_epochs={args.max_epochs}")
+    if args.schedule is not None:
+        overrides += lr_schedule_overrides(args.schedule)
+    if args.dropout is not None:
+        overrides.append(f"model.dropout={args.dropout}")
+    return overrides
+
+
+def lr_schedule_overrides(schedule: str) -> list[str]:
     """Hydra overrides for the learning-rate schedule: ``constant`` or ``cosine`` (annealed to zero
-    per epoch over ``max_epochs``, so the run should be allowed to finish its epochs: ``--max-minutes``
-    cuts it before the rate is low)."""
+    per epoch over ``trainer.max_epochs``, so the run should be allowed to finish its epochs:
+    ``--max-minutes`` cuts it before the rate is low)."""
     if schedule == "constant":
         return ["model.scheduler=null"]
     if schedule == "cosine":
-        return [f"model.scheduler={{_target_:torch.optim.lr_scheduler.CosineAnnealingLR,T_max:{max_epochs},interval:epoch}}"]
+        return ["model.scheduler={_target_:torch.optim.lr_scheduler.CosineAnnealingLR,T_max:${trainer.max_epochs},interval:epoch}"]
     raise ValueError(f"--schedule: expected 'constant' or 'cosine', got {schedule!r}")
+
+
+def recipe_that_ran(cfg) -> dict:
+    """The recipe's values in the composed run config: what the flags and the experiment made of it."""
+    optimizer, scheduler = cfg.model.optimizer, cfg.model.get("scheduler")
+    return {"batch_size": cfg.data.batch_size, "optimizer": optimizer._target_.rsplit(".", 1)[-1], "lr": optimizer.lr,
+            "weight_decay": optimizer.get("weight_decay", 0.0), "activation": cfg.model.activation,
+            "init": cfg.model.init, "dropout": cfg.model.dropout, "max_epochs": cfg.trainer.max_epochs,
+            "schedule": scheduler._target_.rsplit(".", 1)[-1] if scheduler else "constant"}
 
 
 def training_set_error(cfg, checkpoint: str, accelerator: str) -> float:
@@ -161,9 +188,8 @@ def run(args: argparse.Namespace) -> dict:
     targets = [HINTON2006_MNIST_PCA30_SSE, HINTON2006_MNIST_AE30_SSE]
     with tempfile.TemporaryDirectory() as output_dir:
         overrides = [
-            "experiment=hinton2006_ae30", f"data.root={MNIST}", f"data.batch_size={args.batch_size}",
-            f"model.optimizer.lr={args.lr}", f"trainer.accelerator={accelerator}", f"precision='{args.precision}'",
-            f"trainer.max_epochs={args.max_epochs}", f"trainer.val_check_interval={1 / args.val_checks_per_epoch}",
+            "experiment=hinton2006_ae30", f"data.root={MNIST}", f"trainer.accelerator={accelerator}",
+            f"precision='{args.precision}'", f"trainer.val_check_interval={1 / args.val_checks_per_epoch}",
             f"data.on_device={str(args.on_device).lower()}", f"compile.enabled={str(args.compile).lower()}",
             "logger=wandb", "logger.wandb.mode=offline", *([f"data.limit={args.limit}"] if args.limit else []),
             "+callbacks.quality_clock._target_=bench.time_to_quality.QualityClock",
@@ -171,9 +197,7 @@ def run(args: argparse.Namespace) -> dict:
             f"+callbacks.quality_clock.targets=[{targets[0]},{targets[1]}]",
             f"+callbacks.quality_clock.max_minutes={args.max_minutes}",
             f"+callbacks.quality_clock.test_every={args.test_every}",
-            *lr_schedule_overrides(args.schedule, args.max_epochs),
-            "model.optimizer._target_=torch.optim.AdamW", f"++model.optimizer.weight_decay={args.weight_decay}",
-            *([f"model.dropout={args.dropout}"] if args.dropout else []),
+            *recipe_overrides(args),
             *args.override,
         ]
         cfg = compose_run_config(overrides, Path(output_dir))
@@ -185,6 +209,7 @@ def run(args: argparse.Namespace) -> dict:
         GlobalHydra.instance().clear()
     return {
         "recipe": {k: v for k, v in vars(args).items()},
+        "config": recipe_that_ran(cfg),
         "seconds_to_target": seconds_to_targets(clock["reached"], targets),
         "reached": clock["reached"],
         "val_history": clock["history"],
@@ -198,24 +223,34 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def result_name(args: argparse.Namespace, recipe: dict) -> str:
+    """``time_to_quality-cpu-bs128-32-cosine50-wd0.1-tanh``: the device and the recipe that ran."""
+    name = f"time_to_quality-{args.device.split(':')[0]}-bs{recipe['batch_size']}-{args.precision}{'-compile' if args.compile else ''}"
+    name += "" if recipe["schedule"] == "constant" else f"-{recipe['schedule'].removesuffix('AnnealingLR').lower()}{recipe['max_epochs']}"
+    name += f"-wd{recipe['weight_decay']:g}" if recipe["weight_decay"] else ""
+    name += f"-dropout{recipe['dropout']:g}" if recipe["dropout"] else ""
+    return name + f"-{recipe['activation'].lower()}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1.4e-3)
-    parser.add_argument("--schedule", default="cosine", choices=["constant", "cosine"],
-                        help="learning rate: constant, or cosine-annealed to zero over --max-epochs")
-    parser.add_argument("--weight-decay", type=float, default=0.01,
-                        help="AdamW's decoupled weight decay (0: plain Adam's steps). Against the deep AE's "
-                             "overfitting: without it, squared error 1.73 on the training images vs 3.16 on test")
-    parser.add_argument("--dropout", type=float, default=0.0,
-                        help="model.dropout: dropout after each hidden activation (a regulariser against the overfitting)")
+    own = "the experiment's own when not given"
+    parser.add_argument("--batch-size", type=int, default=None, help=f"data.batch_size ({own})")
+    parser.add_argument("--lr", type=float, default=None, help=f"model.optimizer.lr ({own})")
+    parser.add_argument("--schedule", default=None, choices=["constant", "cosine"],
+                        help=f"learning rate: constant, or cosine-annealed to zero over the epochs ({own})")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help=f"AdamW's decoupled weight decay (0: plain Adam's steps; {own}). Against the deep "
+                             "AE's overfitting (bench/README.md, goal 3 on the CPU)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help=f"model.dropout: dropout after each hidden activation, a regulariser ({own})")
     add_ab_arguments(parser, "an extra Hydra override of the run, e.g. corruption=gaussian corruption.sigma=0.1 "
                              "data.corrupt_splits=[train] (input noise as a regulariser)", "from the recipe")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--on-device", action="store_true")
-    parser.add_argument("--max-epochs", type=int, default=100)
+    parser.add_argument("--max-epochs", type=int, default=None, help=f"trainer.max_epochs ({own})")
     parser.add_argument("--max-minutes", type=float, default=120.0)
     parser.add_argument("--val-checks-per-epoch", type=int, default=4)
     parser.add_argument("--test-every", type=int, default=0, metavar="EPOCHS",
@@ -224,15 +259,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N images of each split (smoke runs only)")
     args = parser.parse_args()
     result = {"benchmark": "time_to_quality", **run(args), **environment(args.device)}
-    name = f"time_to_quality-{args.device.split(':')[0]}-bs{args.batch_size}-{args.precision}{'-compile' if args.compile else ''}"
-    name += "" if args.schedule == "constant" else f"-{args.schedule}{args.max_epochs}"
-    name += f"-wd{args.weight_decay:g}" if args.weight_decay else ""
-    name += f"-dropout{args.dropout:g}" if args.dropout else ""
-    path = write_result(args.name or name, result)
+    path = write_result(args.name or result_name(args, result["config"]), result)
     reached = describe_reached(result["seconds_to_target"])
     if args.test_every:
         reached += "; on test: " + describe_reached(result["test_seconds_to_target"])
-    print(f"time to quality ({result['device']}, batch {args.batch_size}, {args.precision}): {reached}; "
+    print(f"time to quality ({result['device']}, batch {result['config']['batch_size']}, {args.precision}): {reached}; "
           f"test recon_sse {result['test_recon_sse']:.3f} (train {result['train_recon_sse'] or float('nan'):.3f}) "
           f"after {result['epochs']} epochs -> {path}")
 

@@ -5,7 +5,7 @@ deep autoencoder).
     uv run python -m bench.time_to_quality                       # default recipe, CPU
     uv run python -m bench.time_to_quality --precision bf16-mixed  # the same, faster on CPUs with AVX512-BF16
     uv run python -m bench.time_to_quality --batch-size 256 --lr 2e-3 --max-epochs 100 --compile
-    uv run python -m bench.time_to_quality --override model.activation=ReLU --override model.init=default
+    uv run python -m bench.time_to_quality --override model.activation=Sigmoid --weight-decay 0.01 --max-epochs 100
     uv run python -m bench.time_to_quality --device cuda --on-device
 
 By default the run is ``experiment=hinton2006_ae30`` exactly as configured (its batch size, optimizer,
